@@ -1,0 +1,247 @@
+// Package kernel is the runtime every Reelway process shares: typed configuration, the
+// event bus, the registry and catalog, the client pool, and the lifecycle that starts a
+// service's listener, registers it, serves, and shuts it down in order.
+package kernel
+
+import (
+	"errors"
+	"flag"
+	"fmt"
+	"log/slog"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"time"
+)
+
+// ErrConfig means the configuration is invalid.
+var ErrConfig = errors.New("kernel: config")
+
+// Secret is a string that never prints.
+type Secret string
+
+// LogValue implements slog.LogValuer.
+func (s Secret) LogValue() slog.Value {
+	if s == "" {
+		return slog.StringValue("")
+	}
+	return slog.StringValue("***")
+}
+
+// String implements fmt.Stringer.
+func (s Secret) String() string { return s.LogValue().String() }
+
+// Config is one process's configuration, from REELWAY_* environment variables overridden
+// by flags.
+type Config struct {
+	// Service is the service this process runs ("dev" runs all nine).
+	Service string
+	// Host is the address services listen on and advertise.
+	Host string
+	// Port is this service's listen port; 0 means the service's default.
+	Port int
+	// ConsulAddr is the Consul agent's host:port; empty uses the embedded in-process catalog.
+	ConsulAddr string
+	// NATSURL is the NATS server; empty starts an embedded one (dev only).
+	NATSURL string
+	// NATSPort is the embedded NATS server's port in dev (-1 none, 0 any free port).
+	NATSPort int
+	// DataDir holds uploads, HLS output, SQLite databases and JetStream storage. Services
+	// that are separate processes share it (one host or a shared volume).
+	DataDir string
+	// UploadMaxBytes caps one upload.
+	UploadMaxBytes int64
+	// AuthSecret signs tokens; empty generates one and keeps it in the data directory.
+	AuthSecret Secret
+	// ShutdownTimeout bounds the drain of in-flight requests.
+	ShutdownTimeout time.Duration
+	// EventsMaxAge and EventsMaxBytes bound the events stream's retention.
+	EventsMaxAge   time.Duration
+	EventsMaxBytes int64
+	// LogLevel is debug, info, warn or error; LogFormat is text or json.
+	LogLevel  string
+	LogFormat string
+	// PortOffset shifts every default port (dev: run a second platform beside the first).
+	PortOffset int
+	// Version is the build version, reported in registry meta.
+	Version string
+	// Ports overrides listen ports by service; 0 picks a free port. Set by tests only.
+	Ports map[string]int
+}
+
+// DefaultPort returns a service's listen port, or 0 for an unknown service.
+func DefaultPort(service string) int {
+	switch service {
+	case "gateway":
+		return 9090
+	case "upload":
+		return 9091
+	case "transcoder":
+		return 9092
+	case "streaming":
+		return 9093
+	case "metadata":
+		return 9005
+	case "cache":
+		return 9006
+	case "auth":
+		return 9007
+	case "worker":
+		return 9008
+	case "monitor":
+		return 9009
+	}
+	return 0
+}
+
+// Services lists the nine services in start order: dependencies first, gateway last.
+func Services() []string {
+	return []string{"metadata", "cache", "auth", "transcoder", "streaming", "upload", "worker", "monitor", "gateway"}
+}
+
+// PortFor returns the port a service listens on under this config.
+func (c Config) PortFor(service string) int {
+	if p, ok := c.Ports[service]; ok {
+		return p
+	}
+	if c.Service == service && c.Port != 0 {
+		return c.Port
+	}
+	p := DefaultPort(service)
+	if p == 0 {
+		return 0
+	}
+	return p + c.PortOffset
+}
+
+// LoadConfig reads the environment through getenv, then the flags in args.
+func LoadConfig(service string, args []string, getenv func(string) string) (Config, error) {
+	c := Config{
+		Service:         service,
+		Host:            envOr(getenv, "REELWAY_HOST", "127.0.0.1"),
+		ConsulAddr:      getenv("REELWAY_CONSUL_ADDR"),
+		NATSURL:         getenv("REELWAY_NATS_URL"),
+		DataDir:         envOr(getenv, "REELWAY_DATA_DIR", "data"),
+		AuthSecret:      Secret(getenv("REELWAY_AUTH_SECRET")),
+		LogLevel:        envOr(getenv, "REELWAY_LOG_LEVEL", "info"),
+		LogFormat:       envOr(getenv, "REELWAY_LOG_FORMAT", "text"),
+		Version:         envOr(getenv, "REELWAY_VERSION", "dev"),
+		UploadMaxBytes:  4 << 30,
+		ShutdownTimeout: 15 * time.Second,
+		EventsMaxAge:    7 * 24 * time.Hour,
+		EventsMaxBytes:  1 << 30,
+		NATSPort:        4222,
+	}
+	var errs []error
+	intEnv := func(name string, dst *int) {
+		if v := getenv(name); v != "" {
+			n, err := strconv.Atoi(v)
+			if err != nil {
+				errs = append(errs, fmt.Errorf("%s: %w", name, err))
+			}
+			*dst = n
+		}
+	}
+	int64Env := func(name string, dst *int64) {
+		if v := getenv(name); v != "" {
+			n, err := strconv.ParseInt(v, 10, 64)
+			if err != nil {
+				errs = append(errs, fmt.Errorf("%s: %w", name, err))
+			}
+			*dst = n
+		}
+	}
+	durEnv := func(name string, dst *time.Duration) {
+		if v := getenv(name); v != "" {
+			d, err := time.ParseDuration(v)
+			if err != nil {
+				errs = append(errs, fmt.Errorf("%s: %w", name, err))
+			}
+			*dst = d
+		}
+	}
+	intEnv("REELWAY_PORT", &c.Port)
+	intEnv("REELWAY_PORT_OFFSET", &c.PortOffset)
+	intEnv("REELWAY_NATS_PORT", &c.NATSPort)
+	int64Env("REELWAY_UPLOAD_MAX_BYTES", &c.UploadMaxBytes)
+	int64Env("REELWAY_EVENTS_MAX_BYTES", &c.EventsMaxBytes)
+	durEnv("REELWAY_SHUTDOWN_TIMEOUT", &c.ShutdownTimeout)
+	durEnv("REELWAY_EVENTS_MAX_AGE", &c.EventsMaxAge)
+	if err := errors.Join(errs...); err != nil {
+		return c, fmt.Errorf("%w: %w", ErrConfig, err)
+	}
+
+	fs := flag.NewFlagSet(service, flag.ContinueOnError)
+	fs.StringVar(&c.Host, "host", c.Host, "address to listen on and advertise (REELWAY_HOST)")
+	fs.IntVar(&c.Port, "port", c.Port, "listen port; 0 = the service's default (REELWAY_PORT)")
+	fs.IntVar(&c.PortOffset, "port-offset", c.PortOffset, "added to every default port (REELWAY_PORT_OFFSET)")
+	fs.StringVar(&c.ConsulAddr, "consul", c.ConsulAddr, "Consul agent host:port; empty = embedded catalog (REELWAY_CONSUL_ADDR)")
+	fs.StringVar(&c.NATSURL, "nats", c.NATSURL, "NATS URL; empty = embedded server in dev (REELWAY_NATS_URL)")
+	fs.IntVar(&c.NATSPort, "nats-port", c.NATSPort, "embedded NATS port in dev (REELWAY_NATS_PORT)")
+	fs.StringVar(&c.DataDir, "data", c.DataDir, "data directory (REELWAY_DATA_DIR)")
+	fs.Int64Var(&c.UploadMaxBytes, "upload-max-bytes", c.UploadMaxBytes, "largest accepted upload (REELWAY_UPLOAD_MAX_BYTES)")
+	fs.DurationVar(&c.ShutdownTimeout, "shutdown-timeout", c.ShutdownTimeout, "drain time on shutdown (REELWAY_SHUTDOWN_TIMEOUT)")
+	fs.StringVar(&c.LogLevel, "log-level", c.LogLevel, "debug, info, warn or error (REELWAY_LOG_LEVEL)")
+	fs.StringVar(&c.LogFormat, "log-format", c.LogFormat, "text or json (REELWAY_LOG_FORMAT)")
+	if err := fs.Parse(args); err != nil {
+		return c, fmt.Errorf("%w: %w", ErrConfig, err)
+	}
+	if fs.NArg() > 0 {
+		return c, fmt.Errorf("%w: unexpected arguments %q", ErrConfig, fs.Args())
+	}
+	if c.UploadMaxBytes <= 0 {
+		return c, fmt.Errorf("%w: upload max bytes must be positive", ErrConfig)
+	}
+	abs, err := filepath.Abs(c.DataDir)
+	if err != nil {
+		return c, fmt.Errorf("%w: data dir: %w", ErrConfig, err)
+	}
+	c.DataDir = abs
+	return c, nil
+}
+
+func envOr(getenv func(string) string, name, def string) string {
+	if v := getenv(name); v != "" {
+		return v
+	}
+	return def
+}
+
+// LogValue implements slog.LogValuer: the config logged once at startup, secrets masked.
+func (c Config) LogValue() slog.Value {
+	return slog.GroupValue(
+		slog.String("service", c.Service),
+		slog.String("host", c.Host),
+		slog.Int("port", c.Port),
+		slog.Int("port_offset", c.PortOffset),
+		slog.String("consul", orDefault(c.ConsulAddr, "embedded")),
+		slog.String("nats", orDefault(c.NATSURL, "embedded")),
+		slog.String("data_dir", c.DataDir),
+		slog.Int64("upload_max_bytes", c.UploadMaxBytes),
+		slog.Any("auth_secret", c.AuthSecret),
+		slog.Duration("shutdown_timeout", c.ShutdownTimeout),
+		slog.String("version", c.Version),
+	)
+}
+
+func orDefault(s, def string) string {
+	if s == "" {
+		return def
+	}
+	return s
+}
+
+// NewLogger builds the process logger from the config.
+func NewLogger(c Config) *slog.Logger {
+	var level slog.Level
+	if err := level.UnmarshalText([]byte(strings.ToUpper(c.LogLevel))); err != nil {
+		level = slog.LevelInfo
+	}
+	opts := &slog.HandlerOptions{Level: level}
+	var h slog.Handler = slog.NewTextHandler(os.Stderr, opts)
+	if c.LogFormat == "json" {
+		h = slog.NewJSONHandler(os.Stderr, opts)
+	}
+	return slog.New(rpcLogHandler(h))
+}
