@@ -15,8 +15,11 @@ type Server struct {
 }
 
 // StartServer starts a NATS server with JetStream stored under dataDir. Port 0 picks a
-// free port; -1 listens on none (in-process clients only are not used: services dial it).
+// free port.
 func StartServer(host string, port int, dataDir string) (*Server, error) {
+	if port == 0 {
+		port = server.RANDOM_PORT
+	}
 	opts := &server.Options{
 		ServerName: "reelway",
 		Host:       host,

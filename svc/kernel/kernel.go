@@ -98,7 +98,7 @@ func (rt *Runtime) Close(ctx context.Context) error {
 // Status is what /healthz reports about the process's connections.
 func (rt *Runtime) Status() any {
 	return map[string]any{
-		"nats":               rt.Bus.Status(),
+		"nats":              rt.Bus.Status(),
 		"catalogAgeSeconds": rt.Catalog.Age().Seconds(),
 	}
 }

@@ -36,7 +36,7 @@ func (b *Breakers) For(instanceID string) circuitbreaker.CircuitBreaker[*http.Re
 	}
 	cb := circuitbreaker.NewBuilder[*http.Response]().
 		WithFailureThresholdRatio(5, 10).
-		WithDelay(5*time.Second).
+		WithDelay(5 * time.Second).
 		WithJitterFactor(0.2).
 		WithSuccessThreshold(2).
 		OnStateChanged(func(e circuitbreaker.StateChangedEvent) {

@@ -63,6 +63,10 @@ func (l *logInterceptor) WrapUnary(next connect.UnaryFunc) connect.UnaryFunc {
 		if res != nil {
 			res.Header().Set(HeaderRequestID, RequestID(ctx))
 		}
+		var ce *connect.Error
+		if errors.As(err, &ce) {
+			ce.Meta().Set(HeaderRequestID, RequestID(ctx))
+		}
 		l.end(ctx, req.Spec().Procedure, start, err)
 		return res, err
 	}

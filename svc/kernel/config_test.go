@@ -1,0 +1,100 @@
+package kernel_test
+
+import (
+	"bytes"
+	"errors"
+	"log/slog"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/reelway/reelway/svc/kernel"
+)
+
+func TestLoadConfig(t *testing.T) {
+	tests := []struct {
+		name    string
+		service string
+		env     map[string]string
+		args    []string
+		check   func(t *testing.T, c kernel.Config)
+		wantErr bool
+	}{
+		{
+			name: "defaults", service: "metadata",
+			check: func(t *testing.T, c kernel.Config) {
+				if c.Host != "127.0.0.1" || c.PortFor("metadata") != 9005 || c.PortFor("gateway") != 9090 {
+					t.Errorf("host %s ports %d %d", c.Host, c.PortFor("metadata"), c.PortFor("gateway"))
+				}
+				if c.ShutdownTimeout != 15*time.Second || c.UploadMaxBytes != 4<<30 {
+					t.Errorf("timeouts/limits %v %d", c.ShutdownTimeout, c.UploadMaxBytes)
+				}
+				if !strings.HasSuffix(c.DataDir, "/data") {
+					t.Errorf("data dir %q not absolute default", c.DataDir)
+				}
+			},
+		},
+		{
+			name: "env", service: "upload",
+			env: map[string]string{"REELWAY_PORT": "19091", "REELWAY_UPLOAD_MAX_BYTES": "1000", "REELWAY_CONSUL_ADDR": "c:8500", "REELWAY_SHUTDOWN_TIMEOUT": "3s"},
+			check: func(t *testing.T, c kernel.Config) {
+				if c.PortFor("upload") != 19091 || c.UploadMaxBytes != 1000 || c.ConsulAddr != "c:8500" || c.ShutdownTimeout != 3*time.Second {
+					t.Errorf("got %+v", c)
+				}
+				if c.PortFor("metadata") != 9005 {
+					t.Errorf("REELWAY_PORT leaked to another service: %d", c.PortFor("metadata"))
+				}
+			},
+		},
+		{
+			name: "flags override env", service: "upload",
+			env:  map[string]string{"REELWAY_PORT": "19091"},
+			args: []string{"-port", "29091", "-port-offset", "100"},
+			check: func(t *testing.T, c kernel.Config) {
+				if c.PortFor("upload") != 29091 || c.PortFor("metadata") != 9105 {
+					t.Errorf("ports %d %d", c.PortFor("upload"), c.PortFor("metadata"))
+				}
+			},
+		},
+		{name: "bad int env", service: "cache", env: map[string]string{"REELWAY_PORT": "abc"}, wantErr: true},
+		{name: "bad duration", service: "cache", env: map[string]string{"REELWAY_SHUTDOWN_TIMEOUT": "soon"}, wantErr: true},
+		{name: "unknown flag", service: "cache", args: []string{"-nope"}, wantErr: true},
+		{name: "stray argument", service: "cache", args: []string{"extra"}, wantErr: true},
+		{name: "zero upload limit", service: "upload", args: []string{"-upload-max-bytes", "0"}, wantErr: true},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			c, err := kernel.LoadConfig(tt.service, tt.args, func(k string) string { return tt.env[k] })
+			if tt.wantErr {
+				if !errors.Is(err, kernel.ErrConfig) {
+					t.Fatalf("want ErrConfig, got %v", err)
+				}
+				return
+			}
+			if err != nil {
+				t.Fatal(err)
+			}
+			tt.check(t, c)
+		})
+	}
+}
+
+func TestConfigLogMasksSecrets(t *testing.T) {
+	c, err := kernel.LoadConfig("auth", nil, func(k string) string {
+		if k == "REELWAY_AUTH_SECRET" {
+			return "hunter2-very-secret"
+		}
+		return ""
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var buf bytes.Buffer
+	slog.New(slog.NewJSONHandler(&buf, nil)).Info("startup", "config", c)
+	if strings.Contains(buf.String(), "hunter2") {
+		t.Fatalf("secret leaked: %s", buf.String())
+	}
+	if !strings.Contains(buf.String(), `"auth_secret":"***"`) {
+		t.Fatalf("secret not shown masked: %s", buf.String())
+	}
+}
