@@ -18,7 +18,7 @@ proto-deps:
 
 # Regenerate gen/ from proto/.
 gen: proto-deps
-    {{buf}} format -w
+    {{buf}} format -w proto
     {{buf}} generate
 
 # Fail when gen/ is not what the schemas generate.
@@ -28,7 +28,7 @@ check-gen: gen
 # Lint schemas and Go code.
 lint: proto-deps
     {{buf}} lint
-    {{buf}} format -d --exit-code
+    {{buf}} format -d --exit-code proto
     test -z "$(gofmt -l $(git ls-files '*.go' | grep -v '^gen/'))" || (gofmt -l $(git ls-files '*.go' | grep -v '^gen/'); exit 1)
     go vet ./...
 

@@ -1,0 +1,105 @@
+package upload
+
+import (
+	"encoding/json"
+	"errors"
+	"fmt"
+	"net/http"
+
+	"connectrpc.com/connect"
+	uploadv1 "github.com/reelway/reelway/gen/reelway/upload/v1"
+)
+
+// created is the answer to a successful POST /v1/uploads.
+type created struct {
+	VideoID   string `json:"videoId"`
+	SizeBytes int64  `json:"sizeBytes"`
+	SHA256    string `json:"sha256"`
+}
+
+// httpError is the body of every failed POST /v1/uploads.
+type httpError struct {
+	Code    string `json:"code"`
+	Message string `json:"message"`
+}
+
+// httpHandler serves POST /v1/uploads?title=…[&filename=…][&description=…] with the raw
+// file as the body.
+func (s *Service) httpHandler() http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		q := r.URL.Query()
+		meta := &uploadv1.UploadMetadata{
+			Title:       q.Get("title"),
+			Filename:    q.Get("filename"),
+			Description: q.Get("description"),
+		}
+		if err := validateMetadata(meta); err != nil {
+			s.writeError(w, r, err)
+			return
+		}
+		switch {
+		case r.ContentLength > s.cfg.MaxBytes:
+			s.writeError(w, r, fmt.Errorf("%w: %d bytes announced, at most %d allowed", ErrTooLarge, r.ContentLength, s.cfg.MaxBytes))
+			return
+		case r.ContentLength == 0:
+			s.writeError(w, r, fmt.Errorf("%w: no bytes received", ErrEmpty))
+			return
+		}
+		res, err := s.store(r.Context(), meta, r.Body)
+		if err != nil {
+			s.writeError(w, r, err)
+			return
+		}
+		w.Header().Set("Content-Type", "application/json")
+		w.Header().Set("Location", "/v1/videos/"+res.GetVideoId())
+		w.WriteHeader(http.StatusCreated)
+		_ = json.NewEncoder(w).Encode(created{VideoID: res.GetVideoId(), SizeBytes: res.GetSizeBytes(), SHA256: res.GetSha256()})
+	})
+}
+
+// writeError answers with the Connect code of err as JSON and the matching HTTP status.
+func (s *Service) writeError(w http.ResponseWriter, r *http.Request, err error) {
+	code := connectCode(err)
+	msg := err.Error()
+	if code == connect.CodeInternal {
+		s.log.ErrorContext(r.Context(), "upload.internal", "err", err)
+		msg = "upload: internal error"
+	}
+	if errors.Is(err, ErrTooLarge) {
+		// The rest of the body is not wanted; closing spares reading it to keep the
+		// connection.
+		w.Header().Set("Connection", "close")
+	}
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(httpStatus(code))
+	_ = json.NewEncoder(w).Encode(httpError{Code: code.String(), Message: msg})
+}
+
+// httpStatus maps a Connect code to an HTTP status as the Connect protocol does, except
+// that resource_exhausted is the upload limit here, so 413 rather than 429.
+func httpStatus(code connect.Code) int {
+	switch code {
+	case connect.CodeCanceled:
+		return 499
+	case connect.CodeInvalidArgument, connect.CodeOutOfRange, connect.CodeFailedPrecondition:
+		return http.StatusBadRequest
+	case connect.CodeDeadlineExceeded:
+		return http.StatusGatewayTimeout
+	case connect.CodeNotFound:
+		return http.StatusNotFound
+	case connect.CodeAlreadyExists, connect.CodeAborted:
+		return http.StatusConflict
+	case connect.CodePermissionDenied:
+		return http.StatusForbidden
+	case connect.CodeResourceExhausted:
+		return http.StatusRequestEntityTooLarge
+	case connect.CodeUnimplemented:
+		return http.StatusNotImplemented
+	case connect.CodeUnavailable:
+		return http.StatusServiceUnavailable
+	case connect.CodeUnauthenticated:
+		return http.StatusUnauthorized
+	default:
+		return http.StatusInternalServerError
+	}
+}

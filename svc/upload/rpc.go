@@ -1,0 +1,55 @@
+package upload
+
+import (
+	"context"
+	"fmt"
+	"io"
+
+	"connectrpc.com/connect"
+	uploadv1 "github.com/reelway/reelway/gen/reelway/upload/v1"
+)
+
+// Upload implements UploadService.Upload: the first message is the metadata, the rest are
+// chunks, streamed to storage as they arrive.
+func (s *Service) Upload(ctx context.Context, stream *connect.ClientStream[uploadv1.UploadRequest]) (*uploadv1.UploadResponse, error) {
+	if !stream.Receive() {
+		if err := stream.Err(); err != nil {
+			return nil, s.toConnect(ctx, fmt.Errorf("%w: %w", ErrRead, err))
+		}
+		return nil, s.toConnect(ctx, fmt.Errorf("%w: empty stream: the first message must be metadata", ErrInvalid))
+	}
+	meta := stream.Msg().GetMetadata()
+	if meta == nil {
+		return nil, s.toConnect(ctx, fmt.Errorf("%w: the first message must be metadata", ErrInvalid))
+	}
+	res, err := s.store(ctx, meta, &chunkReader{stream: stream})
+	if err != nil {
+		return nil, s.toConnect(ctx, err)
+	}
+	return res, nil
+}
+
+// chunkReader turns the chunk messages of an Upload stream into an io.Reader.
+type chunkReader struct {
+	stream *connect.ClientStream[uploadv1.UploadRequest]
+	buf    []byte
+}
+
+func (c *chunkReader) Read(p []byte) (int, error) {
+	for len(c.buf) == 0 {
+		if !c.stream.Receive() {
+			if err := c.stream.Err(); err != nil {
+				return 0, err
+			}
+			return 0, io.EOF
+		}
+		msg := c.stream.Msg()
+		if msg.GetMetadata() != nil {
+			return 0, fmt.Errorf("%w: metadata sent twice", ErrInvalid)
+		}
+		c.buf = msg.GetChunk()
+	}
+	n := copy(p, c.buf)
+	c.buf = c.buf[n:]
+	return n, nil
+}

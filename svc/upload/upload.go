@@ -1,0 +1,128 @@
+// Package upload is Reelway's UploadService: it takes a video file in (the plain HTTP route
+// POST /v1/uploads for browsers and curl, the client-streaming Upload RPC for gRPC clients),
+// stores it under <dataDir>/uploads/<id>/source, records the video in the metadata service
+// and announces it with an upload.completed event that starts the transcode.
+package upload
+
+import (
+	"context"
+	"errors"
+	"log/slog"
+
+	"connectrpc.com/connect"
+	eventsv1 "github.com/reelway/reelway/gen/reelway/events/v1"
+	metadatav1 "github.com/reelway/reelway/gen/reelway/metadata/v1"
+	"github.com/reelway/reelway/gen/reelway/metadata/v1/metadatav1connect"
+	"github.com/reelway/reelway/gen/reelway/upload/v1/uploadv1connect"
+	"github.com/reelway/reelway/svc/events"
+	"github.com/reelway/reelway/svc/rpc"
+)
+
+// Source is the events source name of this service.
+const Source = "upload"
+
+// DefaultMaxBytes caps one upload when Config.MaxBytes is zero.
+const DefaultMaxBytes int64 = 2 << 30
+
+// Errors of the upload service. Each maps to one Connect code in connectCode.
+var (
+	// ErrInvalid means the caller's request is malformed (missing title, bad stream order).
+	ErrInvalid = errors.New("upload: invalid argument")
+	// ErrEmpty means the file had no bytes.
+	ErrEmpty = errors.New("upload: empty file")
+	// ErrTooLarge means the file is bigger than the configured maximum.
+	ErrTooLarge = errors.New("upload: file too large")
+	// ErrRead means the caller's bytes stopped arriving (disconnect, broken stream).
+	ErrRead = errors.New("upload: read body")
+	// ErrUnavailable means a dependency (metadata service or event bus) could not take the
+	// upload; the caller may retry.
+	ErrUnavailable = errors.New("upload: dependency unavailable")
+	// ErrStorage means the file could not be written to local storage.
+	ErrStorage = errors.New("upload: storage")
+)
+
+// Publisher stores domain events.
+type Publisher interface {
+	Publish(ctx context.Context, ev *eventsv1.Event) error
+}
+
+var _ Publisher = (*events.Bus)(nil)
+
+// Videos is the part of the metadata service an upload needs.
+type Videos interface {
+	CreateVideo(ctx context.Context, req *metadatav1.CreateVideoRequest) (*metadatav1.CreateVideoResponse, error)
+	UpdateVideo(ctx context.Context, req *metadatav1.UpdateVideoRequest) (*metadatav1.UpdateVideoResponse, error)
+}
+
+var _ Videos = metadatav1connect.MetadataServiceClient(nil)
+
+// Config tunes the service.
+type Config struct {
+	// DataDir is the shared data directory; files land in <DataDir>/uploads/<id>/source.
+	DataDir string
+	// MaxBytes caps one upload; zero means DefaultMaxBytes.
+	MaxBytes int64
+}
+
+// Service implements UploadService and the POST /v1/uploads route.
+type Service struct {
+	log    *slog.Logger
+	cfg    Config
+	pub    Publisher
+	videos Videos
+}
+
+var _ uploadv1connect.UploadServiceHandler = (*Service)(nil)
+
+// New returns the upload service.
+func New(log *slog.Logger, cfg Config, pub Publisher, videos Videos) *Service {
+	if cfg.MaxBytes <= 0 {
+		cfg.MaxBytes = DefaultMaxBytes
+	}
+	return &Service{log: log, cfg: cfg, pub: pub, videos: videos}
+}
+
+// Mount registers the RPC service and the plain HTTP upload route.
+func (s *Service) Mount(srv *rpc.Server) error {
+	path, h := uploadv1connect.NewUploadServiceHandler(s, srv.HandlerOptions()...)
+	srv.Mount(uploadv1connect.UploadServiceName, path, h)
+	srv.Handle("POST /v1/uploads", s.httpHandler())
+	return nil
+}
+
+// connectCode is the one place where domain errors become Connect codes; the HTTP route
+// turns the same codes into HTTP statuses.
+func connectCode(err error) connect.Code {
+	var ce *connect.Error
+	switch {
+	case errors.Is(err, ErrInvalid), errors.Is(err, ErrEmpty):
+		return connect.CodeInvalidArgument
+	case errors.Is(err, ErrTooLarge):
+		return connect.CodeResourceExhausted
+	case errors.Is(err, ErrUnavailable):
+		return connect.CodeUnavailable
+	case errors.Is(err, context.Canceled):
+		return connect.CodeCanceled
+	case errors.Is(err, context.DeadlineExceeded):
+		return connect.CodeDeadlineExceeded
+	case errors.As(err, &ce):
+		// A stream error from the caller's side (a chunk failing validation, say) keeps
+		// the code connect gave it.
+		return ce.Code()
+	case errors.Is(err, ErrRead):
+		return connect.CodeInvalidArgument
+	default:
+		return connect.CodeInternal
+	}
+}
+
+// toConnect wraps err for an RPC answer. Internal faults are logged here and not described
+// to callers.
+func (s *Service) toConnect(ctx context.Context, err error) error {
+	code := connectCode(err)
+	if code == connect.CodeInternal {
+		s.log.ErrorContext(ctx, "upload.internal", "err", err)
+		return connect.NewError(code, errors.New("upload: internal error"))
+	}
+	return connect.NewError(code, err)
+}
