@@ -11,10 +11,7 @@ import (
 
 	metadatav1 "github.com/reelway/reelway/gen/reelway/metadata/v1"
 	"google.golang.org/protobuf/types/known/timestamppb"
-
-	// The pure-Go SQLite driver registers itself as "sqlite" with database/sql; that is
-	// the only way database/sql finds drivers by name.
-	_ "modernc.org/sqlite"
+	"github.com/reelway/reelway/svc/sqlitedb"
 )
 
 // SQLite is the Store backed by one SQLite file in WAL mode.
@@ -56,60 +53,14 @@ func migrations() []string {
 // OpenSQLite opens (creating if needed) the database file at path and brings its schema up
 // to date.
 func OpenSQLite(ctx context.Context, path string) (*SQLite, error) {
-	// busy_timeout makes a writer wait for another instead of failing with SQLITE_BUSY;
-	// immediate transactions take the write lock up front, because a read lock that is
-	// upgraded later cannot wait and fails at once under contention.
-	dsn := "file:" + path +
-		"?_pragma=busy_timeout(10000)&_pragma=journal_mode(WAL)&_pragma=synchronous(NORMAL)&_txlock=immediate"
-	db, err := sql.Open("sqlite", dsn)
+	db, err := sqlitedb.Open(ctx, path, migrations())
+	if errors.Is(err, sqlitedb.ErrNewerSchema) {
+		return nil, fmt.Errorf("%w: %w", ErrSchema, err)
+	}
 	if err != nil {
-		return nil, fmt.Errorf("%w: open %s: %w", ErrStore, path, err)
-	}
-	if err := db.PingContext(ctx); err != nil {
-		_ = db.Close()
-		return nil, fmt.Errorf("%w: open %s: %w", ErrStore, path, err)
-	}
-	if err := migrate(ctx, db, migrations()); err != nil {
-		_ = db.Close()
-		return nil, err
+		return nil, fmt.Errorf("%w: %w", ErrStore, err)
 	}
 	return &SQLite{db: db}, nil
-}
-
-func migrate(ctx context.Context, db *sql.DB, steps []string) error {
-	if _, err := db.ExecContext(ctx, `CREATE TABLE IF NOT EXISTS schema_migrations (
-		version       INTEGER PRIMARY KEY,
-		applied_at_us INTEGER NOT NULL
-	)`); err != nil {
-		return fmt.Errorf("%w: create schema_migrations: %w", ErrStore, err)
-	}
-	// One transaction for every pending step: a second process opening the same file
-	// waits for the lock and then finds nothing left to do.
-	tx, err := db.BeginTx(ctx, nil)
-	if err != nil {
-		return fmt.Errorf("%w: begin migration: %w", ErrStore, err)
-	}
-	defer func() { _ = tx.Rollback() }()
-	var current int
-	if err := tx.QueryRowContext(ctx, `SELECT COALESCE(MAX(version), 0) FROM schema_migrations`).Scan(&current); err != nil {
-		return fmt.Errorf("%w: read schema version: %w", ErrStore, err)
-	}
-	if current > len(steps) {
-		return fmt.Errorf("%w: database is at version %d, this build knows %d", ErrSchema, current, len(steps))
-	}
-	for i := current; i < len(steps); i++ {
-		if _, err := tx.ExecContext(ctx, steps[i]); err != nil {
-			return fmt.Errorf("%w: migration %d: %w", ErrStore, i+1, err)
-		}
-		if _, err := tx.ExecContext(ctx, `INSERT INTO schema_migrations (version, applied_at_us) VALUES (?, ?)`,
-			i+1, time.Now().UnixMicro()); err != nil {
-			return fmt.Errorf("%w: record migration %d: %w", ErrStore, i+1, err)
-		}
-	}
-	if err := tx.Commit(); err != nil {
-		return fmt.Errorf("%w: commit migrations: %w", ErrStore, err)
-	}
-	return nil
 }
 
 // Close closes the database.
