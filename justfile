@@ -51,3 +51,23 @@ test-short:
 # Build the binary into bin/.
 build:
     go build -o bin/reelway .
+
+# Run the benchmarks and write their sections of BENCHMARKS.md.
+bench: bench-media bench-events bench-gateway
+
+# Media benchmark: segment serving (nginx vs streaming vs gateway, wrk) and transcode wall time vs raw ffmpeg.
+bench-media:
+    command -v wrk >/dev/null && command -v nginx >/dev/null || (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq wrk nginx)
+    REELWAY_BENCH_FILE={{justfile_directory()}}/BENCHMARKS.md go test ./e2e -run '^TestBenchMedia$' -count=1 -timeout 60m -v
+
+# Benchmark the gateway against direct calls and Caddy on loopback (results go in BENCHMARKS.md).
+bench-gateway:
+    command -v caddy >/dev/null || (apt-get update && apt-get install -y caddy)
+    mkdir -p bin
+    go build -o bin/reelway .
+    go build -o bin/testbackend ./gateway/internal/testbackend/cmd/testbackend
+    REELWAY_BENCH_FILE={{justfile_directory()}}/BENCHMARKS.md REELWAY_CONSUL_BIN={{consul}} go run ./bench -reelway bin/reelway -testbackend bin/testbackend
+
+# Event bus benchmark: the bus against raw nats.go JetStream, throughput and publish→handler latency.
+bench-events:
+    REELWAY_BENCH_FILE={{justfile_directory()}}/BENCHMARKS.md go test ./svc/events -run '^$' -bench BenchmarkBus -benchtime 3s -count 1 -timeout 10m

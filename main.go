@@ -6,10 +6,12 @@ package main
 import (
 	"context"
 	"errors"
+	"flag"
 	"fmt"
 	"io"
 	"os"
 	"os/signal"
+	"strings"
 	"syscall"
 
 	"github.com/reelway/reelway/svc/events"
@@ -36,7 +38,7 @@ func main() {
 	err := run(ctx, os.Args[1:], os.Getenv, os.Stderr)
 	stop()
 	switch {
-	case err == nil:
+	case err == nil, errors.Is(err, flag.ErrHelp):
 	case errors.Is(err, errUsage), errors.Is(err, kernel.ErrConfig), errors.Is(err, platform.ErrUnknownService):
 		fmt.Fprintln(os.Stderr, "reelway:", err)
 		os.Exit(2)
@@ -64,9 +66,15 @@ func run(ctx context.Context, args []string, getenv func(string) string, stderr 
 	case "serve", "gateway":
 		service := "gateway"
 		if cmd == "serve" {
-			if len(args) == 0 {
+			if len(args) == 0 || args[0] == "-h" || args[0] == "-help" || args[0] == "--help" {
 				fmt.Fprint(stderr, usage)
-				return fmt.Errorf("%w: serve needs a service name", errUsage)
+				if len(args) == 0 {
+					return fmt.Errorf("%w: serve needs a service name", errUsage)
+				}
+				return flag.ErrHelp
+			}
+			if strings.HasPrefix(args[0], "-") {
+				return fmt.Errorf("%w: the service name comes first: reelway serve <service> [flags]", errUsage)
 			}
 			service, args = args[0], args[1:]
 		}

@@ -1,7 +1,10 @@
 // Package gateway is Reelway's front door. It derives its route table from the registry
-// (each instance's meta names the proto services it serves), proxies gRPC, gRPC-Web and
-// Connect over h2c with trailers intact, and answers in the caller's protocol when no
-// healthy backend is available.
+// (each instance's meta names the proto services it serves) and proxies gRPC, gRPC-Web
+// and Connect over h2c with trailers intact. Each backend instance sits behind its own
+// circuit breaker; requests go to the instance with fewer requests in flight of two
+// picked at random; calls are retried on another instance only when that is safe; caller
+// deadlines are forwarded; and every error the gateway makes itself is written in the
+// caller's protocol.
 package gateway
 
 import (
@@ -9,18 +12,22 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"net"
 	"net/http"
-	"net/http/httputil"
 	"slices"
 	"strings"
 	"sync"
 	"sync/atomic"
+	"time"
 
 	"connectrpc.com/connect"
+	"github.com/prometheus/client_golang/prometheus"
 	gatewayv1 "github.com/reelway/reelway/gen/reelway/gateway/v1"
 	"github.com/reelway/reelway/gen/reelway/gateway/v1/gatewayv1connect"
 	"github.com/reelway/reelway/svc/registry"
 	"github.com/reelway/reelway/svc/rpc"
+	"github.com/rs/cors"
+	"google.golang.org/protobuf/reflect/protoregistry"
 )
 
 // Errors the gateway reports to callers.
@@ -29,6 +36,10 @@ var (
 	ErrNoBackend = errors.New("gateway: no healthy instance")
 	// ErrUnknownRoute means nothing in the platform serves the path.
 	ErrUnknownRoute = errors.New("gateway: unknown route")
+	// ErrBackendUnavailable means every instance tried failed or refused the call.
+	ErrBackendUnavailable = errors.New("gateway: backend unavailable")
+	// ErrDeadline means the call's deadline expired at the gateway.
+	ErrDeadline = errors.New("gateway: deadline exceeded")
 )
 
 // Routes is what the gateway needs from the registry.
@@ -39,90 +50,166 @@ type Routes interface {
 	Resolve(ctx context.Context, name string) ([]registry.Instance, error)
 	// Routes returns the whole proto service → instances table.
 	Routes() map[string][]registry.Instance
+	// Age is how long ago the table last synced with the registry.
+	Age() time.Duration
 }
 
 var _ Routes = (*registry.Catalog)(nil)
 
-// plainRoutes maps the gateway's plain HTTP prefixes to the registered service behind them.
-func plainRoute(path string) (service string, ok bool) {
+// DefaultTimeout is the deadline of unary calls that arrive without one.
+const DefaultTimeout = 30 * time.Second
+
+// deadlineBackstop is how long after a call's deadline the gateway cuts it if the backend
+// has not ended it.
+const deadlineBackstop = 100 * time.Millisecond
+
+// Options tune a gateway; the zero value is the production default.
+type Options struct {
+	// Timeout is the deadline given to unary RPCs that carry none (0: DefaultTimeout,
+	// negative: none). Streaming RPCs and upload/HLS transfers never get one.
+	Timeout time.Duration
+	// CORSOrigins lists the browser origins allowed besides the gateway's own; "*"
+	// allows any origin.
+	CORSOrigins []string
+	// Breaker configures every instance's circuit breaker (zero: rpc.DefaultBreakerConfig).
+	Breaker rpc.BreakerConfig
+	// Metrics receives the gateway's metrics, served at GET /metrics; nil uses a new
+	// registry of the gateway's own.
+	Metrics *prometheus.Registry
+}
+
+// plainRoute maps the gateway's plain HTTP prefixes to the registered service behind
+// them, and the route label they are counted under.
+func plainRoute(path string) (service, route string, ok bool) {
 	switch {
 	case path == "/v1/uploads" || strings.HasPrefix(path, "/v1/uploads/"):
-		return "upload", true
+		return "upload", "/v1/uploads", true
 	case strings.HasPrefix(path, "/v1/hls/"):
-		return "streaming", true
+		return "streaming", "/v1/hls", true
 	}
-	return "", false
+	return "", "", false
 }
 
 // Gateway proxies requests to the platform's services.
 type Gateway struct {
-	log      *slog.Logger
-	routes   Routes
-	known    map[string]bool
-	breakers *rpc.Breakers
-	proxy    *httputil.ReverseProxy
-	errw     *connect.ErrorWriter
+	log       *slog.Logger
+	routes    Routes
+	known     map[string]bool
+	methods   map[string]*method
+	timeout   time.Duration
+	breakers  *rpc.Breakers
+	budget    *retryBudget
+	metrics   *metrics
+	cors      *cors.Cors
+	base      http.RoundTripper
+	plain     http.RoundTripper
+	transport *transport
+	buffers   *sync.Pool
+	errw      *connect.ErrorWriter
 
-	mu   sync.Mutex
-	next map[string]*atomic.Uint64
+	mu       sync.RWMutex
+	backends map[string]*backend
 }
 
+// backend is one instance as the balancer sees it.
+type backend struct {
+	id       string
+	hostport string
+	breaker  *rpc.Breaker
+	inflight atomic.Int64
+}
+
+var _ gatewayv1connect.GatewayServiceHandler = (*Gateway)(nil)
+
 // New returns a gateway routing through routes. known lists every proto service of the
-// schema, so a request for a known service with no backend is "unavailable" rather than
-// "unimplemented".
-func New(log *slog.Logger, routes Routes, known []string) *Gateway {
+// schema: a request for a known service with no backend is "unavailable" rather than
+// "unimplemented", and the schema of those services (from the linked generated code)
+// says which methods are safe to retry and which stream.
+func New(log *slog.Logger, routes Routes, known []string, opts Options) *Gateway {
+	timeout := opts.Timeout
+	if timeout == 0 {
+		timeout = DefaultTimeout
+	}
 	g := &Gateway{
 		log:      log,
 		routes:   routes,
 		known:    make(map[string]bool, len(known)),
-		breakers: rpc.NewBreakers(log),
+		methods:  methodTable(protoregistry.GlobalFiles, known),
+		timeout:  timeout,
+		budget:   newRetryBudget(0.2, 100, 10),
+		base:     rpc.NewH2CTransport(),
+		plain:    newPlainTransport(),
 		errw:     connect.NewErrorWriter(),
-		next:     make(map[string]*atomic.Uint64),
+		backends: make(map[string]*backend),
 	}
 	for _, k := range known {
 		g.known[k] = true
 	}
-	transport := rpc.NewH2CTransport()
-	g.proxy = &httputil.ReverseProxy{
-		Rewrite: func(pr *httputil.ProxyRequest) {
-			in := pr.In.Context().Value(targetKey{}).(registry.Instance)
-			pr.Out.URL.Scheme = "http"
-			pr.Out.URL.Host = in.HostPort()
-			pr.Out.Host = in.HostPort()
-			pr.Out.Header.Set(rpc.HeaderRequestID, rpc.RequestID(pr.In.Context()))
-			pr.SetXForwarded()
-		},
-		Transport: roundTripFunc(func(req *http.Request) (*http.Response, error) {
-			in := req.Context().Value(targetKey{}).(registry.Instance)
-			return g.breakers.RoundTrip(transport, in.ID, req)
-		}),
-		// Flush every write at once: server-streaming responses must arrive message by message.
-		FlushInterval: -1,
-		ErrorHandler:  g.proxyError,
-		ErrorLog:      slog.NewLogLogger(log.Handler(), slog.LevelDebug),
+	reg := opts.Metrics
+	if reg == nil {
+		reg = prometheus.NewRegistry()
 	}
+	g.metrics = newMetrics(reg, g)
+	g.breakers = rpc.NewBreakersWith(log, opts.Breaker, g.metrics.transition)
+	g.cors = newCORS(opts.CORSOrigins)
+	g.transport = &transport{g: g}
+	g.buffers = newBuffers()
 	return g
 }
 
-type targetKey struct{}
-
-type roundTripFunc func(*http.Request) (*http.Response, error)
-
-func (f roundTripFunc) RoundTrip(r *http.Request) (*http.Response, error) { return f(r) }
-
-// Mount adds the gateway's own service, reflection for every known service, and the
-// catch-all proxy.
+// Mount adds the gateway's own service, reflection for every known service, the metrics
+// endpoint, and the catch-all proxy, all behind the CORS policy.
 func (g *Gateway) Mount(srv *rpc.Server) error {
 	path, h := gatewayv1connect.NewGatewayServiceHandler(g, srv.HandlerOptions()...)
-	srv.Mount(gatewayv1connect.GatewayServiceName, path, h)
+	srv.Mount(gatewayv1connect.GatewayServiceName, path, g.cors.Handler(h))
 	known := make([]string, 0, len(g.known))
 	for k := range g.known {
 		known = append(known, k)
 	}
 	slices.Sort(known)
 	srv.AddReflection(known...)
-	srv.Handle("/", http.HandlerFunc(g.serve))
+	srv.Handle("GET /metrics", g.metrics.handler())
+	srv.Handle("/", g.cors.Handler(http.HandlerFunc(g.serve)))
 	return nil
+}
+
+// Start forgets, every 30 s, the breakers and balancer state of instances that left the
+// registry, until ctx ends.
+func (g *Gateway) Start(ctx context.Context) error {
+	t := time.NewTicker(30 * time.Second)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-t.C:
+			g.prune()
+		}
+	}
+}
+
+func (g *Gateway) prune() {
+	live := make(map[string]bool)
+	for _, ins := range g.routes.Routes() {
+		for _, in := range ins {
+			live[in.ID] = true
+		}
+	}
+	keep := func(id string) bool { return live[id] }
+	g.mu.Lock()
+	for id, be := range g.backends {
+		if !keep(id) && be.inflight.Load() == 0 {
+			delete(g.backends, id)
+			g.metrics.transitions.DeletePartialMatch(prometheus.Labels{"instance": id})
+		}
+	}
+	g.mu.Unlock()
+	g.breakers.Retain(func(id string) bool {
+		g.mu.RLock()
+		defer g.mu.RUnlock()
+		_, ok := g.backends[id]
+		return ok
+	})
 }
 
 // ListRoutes implements gatewayv1connect.GatewayServiceHandler.
@@ -141,77 +228,184 @@ func (g *Gateway) ListRoutes(context.Context, *gatewayv1.ListRoutesRequest) (*ga
 	return res, nil
 }
 
+// call is what the gateway decided about one request before proxying it; the transport
+// reads it from the request context.
+type call struct {
+	route      string
+	key        string
+	wire       rpc.Wire
+	instances  []registry.Instance
+	idempotent bool
+	// unary: one request message, one response message.
+	unary bool
+	// streamBody: the request body may carry more than one message (client streaming,
+	// uploads): it is never buffered for replay.
+	streamBody bool
+	deadline   time.Time
+	// timeoutHeader is the header that forwards the remaining time ("" for none).
+	timeoutHeader string
+}
+
+type callKey struct{}
+
 func (g *Gateway) serve(w http.ResponseWriter, r *http.Request) {
-	if service, ok := plainRoute(r.URL.Path); ok {
-		ins, _ := g.routes.Resolve(r.Context(), service)
-		g.forward(w, r, service, ins, false)
-		return
+	c := &call{}
+	if service, route, ok := plainRoute(r.URL.Path); ok {
+		c.route, c.key, c.wire = route, service, rpc.WireHTTP
+		c.idempotent = r.Method == http.MethodGet || r.Method == http.MethodHead
+		c.streamBody = true
+		c.instances, _ = g.routes.Resolve(r.Context(), service)
+	} else {
+		protoService, _, ok := splitProcedure(r.URL.Path)
+		if !ok {
+			g.metrics.failed("unknown", rpc.WireHTTP, http.StatusNotFound, 0)
+			writePlainError(w, http.StatusNotFound, "not_found", "no route for "+r.URL.Path)
+			return
+		}
+		if !g.errw.IsSupported(r) {
+			g.metrics.failed("unknown", rpc.WireHTTP, http.StatusUnsupportedMediaType, 0)
+			writeUnsupportedMediaType(w, r)
+			return
+		}
+		c.key, c.wire = protoService, rpc.WireOfRequest(r)
+		unary := c.wire == rpc.WireConnectUnary
+		c.streamBody = !unary
+		c.route = "/" + protoService + "/unknown"
+		if m := g.methods[r.URL.Path]; m != nil {
+			c.route, c.idempotent, c.streamBody, unary = m.route, m.idempotent, m.clientStream, m.unary()
+		}
+		c.unary = unary
+		c.instances = g.routes.ResolveProto(protoService)
+		if len(c.instances) == 0 && !g.known[protoService] {
+			c.route = "unknown"
+			g.writeError(w, r, c, connect.NewError(connect.CodeUnimplemented, fmt.Errorf("%w: %s", ErrUnknownRoute, protoService)))
+			return
+		}
+		timeout, header, err := callerTimeout(r, c.wire)
+		if err != nil {
+			g.writeError(w, r, c, connect.NewError(connect.CodeInvalidArgument, err))
+			return
+		}
+		if timeout < 0 && unary && g.timeout > 0 {
+			timeout = g.timeout
+		}
+		if timeout >= 0 {
+			c.deadline = time.Now().Add(timeout)
+			c.timeoutHeader = header
+		}
 	}
-	protoService, _, ok := splitProcedure(r.URL.Path)
-	if !ok {
-		writePlainError(w, http.StatusNotFound, "not_found", "no route for "+r.URL.Path)
-		return
-	}
-	ins := g.routes.ResolveProto(protoService)
-	if len(ins) == 0 && !g.known[protoService] {
-		g.writeError(w, r, connect.NewError(connect.CodeUnimplemented, fmt.Errorf("%w: %s", ErrUnknownRoute, protoService)))
-		return
-	}
-	g.forward(w, r, protoService, ins, true)
-}
-
-// forward picks an instance round robin, skipping instances whose breaker is open.
-func (g *Gateway) forward(w http.ResponseWriter, r *http.Request, key string, ins []registry.Instance, isRPC bool) {
-	if len(ins) == 0 {
-		err := fmt.Errorf("%w for %s", ErrNoBackend, key)
-		if isRPC {
-			g.writeError(w, r, connect.NewError(connect.CodeUnavailable, err))
-		} else {
+	if len(c.instances) == 0 {
+		err := fmt.Errorf("%w for %s", ErrNoBackend, c.key)
+		if c.wire == rpc.WireHTTP {
+			g.metrics.failed(c.route, c.wire, http.StatusServiceUnavailable, connect.CodeUnavailable)
 			writePlainError(w, http.StatusServiceUnavailable, "unavailable", err.Error())
+			return
 		}
+		g.writeError(w, r, c, connect.NewError(connect.CodeUnavailable, err))
 		return
 	}
-	start := int(g.counter(key).Add(1))
-	target := ins[start%len(ins)]
-	for i := range ins {
-		in := ins[(start+i)%len(ins)]
-		if g.breakers.For(in.ID).IsClosed() {
-			target = in
-			break
-		}
+	ctx := r.Context()
+	if !c.deadline.IsZero() {
+		// The backend gets the true remaining time and normally ends the call itself, in
+		// its protocol; the gateway's own cut is a backstop a little later, so it does not
+		// race the backend's answer.
+		var cancel context.CancelFunc
+		ctx, cancel = context.WithDeadline(ctx, c.deadline.Add(deadlineBackstop))
+		defer cancel()
 	}
-	ctx := context.WithValue(r.Context(), targetKey{}, target)
-	g.proxy.ServeHTTP(w, r.WithContext(ctx))
+	g.budget.deposit()
+	g.forward(ctx, w, r, c)
 }
 
-func (g *Gateway) counter(key string) *atomic.Uint64 {
+// callerTimeout reads the caller's deadline from the header of its protocol; a negative
+// timeout means none. header is the header to forward the remaining time in.
+func callerTimeout(r *http.Request, wire rpc.Wire) (time.Duration, string, error) {
+	switch wire {
+	case rpc.WireConnectUnary, rpc.WireConnectStream:
+		v := r.Header.Get(headerConnectTimeout)
+		if v == "" {
+			return -1, headerConnectTimeout, nil
+		}
+		d, err := parseConnectTimeout(v)
+		return d, headerConnectTimeout, err
+	case rpc.WireGRPC, rpc.WireGRPCWeb, rpc.WireGRPCWebText:
+		v := r.Header.Get(headerGRPCTimeout)
+		if v == "" {
+			return -1, headerGRPCTimeout, nil
+		}
+		d, err := parseGRPCTimeout(v)
+		return d, headerGRPCTimeout, err
+	}
+	return -1, "", nil
+}
+
+// newPlainTransport is the HTTP/1.1 connection pool for the plain routes (uploads, HLS):
+// over HTTP/1.1 a backend serves files with sendfile and the gateway moves them in large
+// reads, where HTTP/2 would cut them into small frames on both hops.
+func newPlainTransport() *http.Transport {
+	return &http.Transport{
+		DialContext:           (&net.Dialer{Timeout: 5 * time.Second, KeepAlive: 30 * time.Second}).DialContext,
+		ForceAttemptHTTP2:     false,
+		MaxIdleConns:          256,
+		MaxIdleConnsPerHost:   64,
+		IdleConnTimeout:       90 * time.Second,
+		ResponseHeaderTimeout: 0, // uploads take as long as they take
+		DisableCompression:    true,
+		ReadBufferSize:        64 << 10,
+		WriteBufferSize:       64 << 10,
+	}
+}
+
+// backendFor returns the balancer's record of an instance.
+func (g *Gateway) backendFor(in *registry.Instance) *backend {
+	g.mu.RLock()
+	be, ok := g.backends[in.ID]
+	g.mu.RUnlock()
+	if ok {
+		return be
+	}
 	g.mu.Lock()
 	defer g.mu.Unlock()
-	c, ok := g.next[key]
-	if !ok {
-		c = new(atomic.Uint64)
-		g.next[key] = c
+	if be, ok := g.backends[in.ID]; ok {
+		return be
 	}
-	return c
+	be = &backend{id: in.ID, hostport: in.HostPort(), breaker: g.breakers.For(in.ID)}
+	g.backends[in.ID] = be
+	return be
 }
 
 func (g *Gateway) proxyError(w http.ResponseWriter, r *http.Request, err error) {
+	c, _ := r.Context().Value(callKey{}).(*call)
+	if c == nil {
+		c = &call{route: "unknown", wire: rpc.WireHTTP}
+	}
 	code := connect.CodeUnavailable
+	cause := ErrBackendUnavailable
 	switch {
-	case errors.Is(r.Context().Err(), context.DeadlineExceeded):
-		code = connect.CodeDeadlineExceeded
 	case errors.Is(r.Context().Err(), context.Canceled):
 		code = connect.CodeCanceled
+		cause = context.Canceled
+	case errors.Is(r.Context().Err(), context.DeadlineExceeded) || errors.Is(err, context.DeadlineExceeded):
+		code = connect.CodeDeadlineExceeded
+		cause = ErrDeadline
 	}
-	g.log.WarnContext(r.Context(), "proxy.error", "path", r.URL.Path, "code", code.String(), "err", err)
-	if _, ok := plainRoute(r.URL.Path); ok {
-		writePlainError(w, connectHTTPStatus(code), code.String(), "backend unavailable")
+	level := slog.LevelWarn
+	if code == connect.CodeCanceled {
+		level = slog.LevelDebug
+	}
+	g.log.Log(r.Context(), level, "proxy.error", "route", c.route, "code", code.String(), "err", err)
+	if c.wire == rpc.WireHTTP {
+		g.metrics.failed(c.route, c.wire, connectHTTPStatus(code), code)
+		writePlainError(w, connectHTTPStatus(code), code.String(), cause.Error())
 		return
 	}
-	g.writeError(w, r, connect.NewError(code, errors.New("backend unavailable")))
+	g.writeError(w, r, c, connect.NewError(code, cause))
 }
 
-func (g *Gateway) writeError(w http.ResponseWriter, r *http.Request, err error) {
+// writeError answers an RPC in the caller's protocol: Connect unary JSON, Connect
+// end-of-stream message, gRPC trailers-only or gRPC-Web trailers.
+func (g *Gateway) writeError(w http.ResponseWriter, r *http.Request, c *call, err error) {
+	g.metrics.failed(c.route, c.wire, connectHTTPStatus(connect.CodeOf(err)), connect.CodeOf(err))
 	if werr := g.errw.Write(w, r, err); werr != nil {
 		g.log.DebugContext(r.Context(), "error.write", "err", werr)
 	}
@@ -236,6 +430,10 @@ func connectHTTPStatus(code connect.Code) int {
 		return http.StatusGatewayTimeout
 	case connect.CodeCanceled:
 		return 499
+	case connect.CodeInvalidArgument:
+		return http.StatusBadRequest
+	case connect.CodeUnimplemented:
+		return http.StatusNotImplemented
 	default:
 		return http.StatusServiceUnavailable
 	}
@@ -245,4 +443,17 @@ func writePlainError(w http.ResponseWriter, status int, code, msg string) {
 	w.Header().Set("Content-Type", "application/json")
 	w.WriteHeader(status)
 	fmt.Fprintf(w, "{\"code\":%q,\"message\":%q}\n", code, msg)
+}
+
+// writeUnsupportedMediaType answers an RPC path whose content type no RPC protocol
+// uses, as Connect handlers do: 415 with the accepted types.
+func writeUnsupportedMediaType(w http.ResponseWriter, r *http.Request) {
+	w.Header().Set("Accept-Post", strings.Join([]string{
+		"application/grpc", "application/grpc+json", "application/grpc+proto",
+		"application/grpc-web", "application/grpc-web+json", "application/grpc-web+proto",
+		"application/json", "application/proto",
+		"application/connect+json", "application/connect+proto",
+	}, ", "))
+	writePlainError(w, http.StatusUnsupportedMediaType, "invalid_argument",
+		fmt.Sprintf("unsupported content type %q for %s %s", r.Header.Get("Content-Type"), r.Method, r.URL.Path))
 }

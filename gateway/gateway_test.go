@@ -1,45 +1,34 @@
 package gateway_test
 
 import (
+	"bufio"
 	"context"
 	"crypto/tls"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"io"
 	"log/slog"
 	"net"
 	"net/http"
 	"slices"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
 	"connectrpc.com/connect"
 	"connectrpc.com/grpcreflect"
 	"github.com/reelway/reelway/gateway"
+	"github.com/reelway/reelway/gateway/internal/testbackend"
 	cachev1 "github.com/reelway/reelway/gen/reelway/cache/v1"
 	"github.com/reelway/reelway/gen/reelway/cache/v1/cachev1connect"
+	metadatav1 "github.com/reelway/reelway/gen/reelway/metadata/v1"
 	"github.com/reelway/reelway/gen/reelway/metadata/v1/metadatav1connect"
 	"github.com/reelway/reelway/svc/registry"
 	"github.com/reelway/reelway/svc/rpc"
 	"golang.org/x/net/http2"
 )
-
-// testCache answers Get with found=true, and not_found with an error detail for "missing".
-type testCache struct {
-	cachev1connect.UnimplementedCacheServiceHandler
-}
-
-func (testCache) Get(_ context.Context, req *cachev1.GetRequest) (*cachev1.GetResponse, error) {
-	if req.GetKey() == "missing" {
-		err := connect.NewError(connect.CodeNotFound, errors.New("no such key"))
-		if d, derr := connect.NewErrorDetail(&cachev1.GetRequest{Key: "missing"}); derr == nil {
-			err.AddDetail(d)
-		}
-		return nil, err
-	}
-	return &cachev1.GetResponse{Found: true, Value: []byte(req.GetKey())}, nil
-}
 
 func h2c() *http.Client {
 	return &http.Client{Transport: &http2.Transport{
@@ -51,68 +40,96 @@ func h2c() *http.Client {
 	}}
 }
 
-func listen(t *testing.T, srv *rpc.Server, log *slog.Logger) (string, int) {
-	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	hs := rpc.NewHTTPServer(srv.Handler(), log)
-	go hs.Serve(ln)
-	t.Cleanup(func() { hs.Close() })
-	return "http://" + ln.Addr().String(), ln.Addr().(*net.TCPAddr).Port
+func quiet() *slog.Logger { return slog.New(slog.NewTextHandler(io.Discard, nil)) }
+
+// instance is one in-process test backend behind the gateway.
+type instance struct {
+	id      string
+	backend *testbackend.Backend
+	server  *http.Server
+	url     string
 }
 
 type fixture struct {
-	gateway string
-	reg     *registry.Memory
-	cat     *registry.Catalog
-	cacheID string
+	gateway   string
+	reg       *registry.Memory
+	cat       *registry.Catalog
+	instances []*instance
 }
 
-func setup(t *testing.T) *fixture {
+// setup starts n test backends registered in an in-process registry and a gateway in
+// front of them.
+func setup(t testing.TB, n int, opts gateway.Options) *fixture {
 	t.Helper()
-	log := slog.New(slog.NewTextHandler(io.Discard, nil))
-	backend := rpc.NewServer(log, nil)
-	path, h := cachev1connect.NewCacheServiceHandler(testCache{}, backend.HandlerOptions()...)
-	backend.Mount(cachev1connect.CacheServiceName, path, h)
-	backendURL, port := listen(t, backend, log)
-
+	log := quiet()
 	reg := registry.NewMemory(log)
 	t.Cleanup(reg.Close)
 	cat := registry.NewCatalog(reg, log)
 	ctx, cancel := context.WithCancel(context.Background())
 	t.Cleanup(cancel)
 	go cat.Run(ctx)
-	id := registry.InstanceID("cache", port)
-	err := reg.Register(ctx, registry.Registration{
-		Instance: registry.Instance{ID: id, Name: "cache", Address: "127.0.0.1", Port: port,
-			Meta: map[string]string{registry.MetaProtoServices: cachev1connect.CacheServiceName}},
-		HealthURL: backendURL + "/healthz", CheckInterval: 50 * time.Millisecond,
-	})
-	if err != nil {
-		t.Fatal(err)
+	f := &fixture{reg: reg, cat: cat}
+	for range n {
+		f.instances = append(f.instances, f.addBackend(t))
 	}
-
-	gw := gateway.New(log, cat, []string{cachev1connect.CacheServiceName, metadatav1connect.MetadataServiceName})
+	gw := gateway.New(log, cat, []string{cachev1connect.CacheServiceName, metadatav1connect.MetadataServiceName}, opts)
 	front := rpc.NewServer(log, nil)
 	if err := gw.Mount(front); err != nil {
 		t.Fatal(err)
 	}
-	gwURL, _ := listen(t, front, log)
-	f := &fixture{gateway: gwURL, reg: reg, cat: cat, cacheID: id}
-	waitFor(t, "cache routed", func() error {
-		if len(cat.ResolveProto(cachev1connect.CacheServiceName)) != 1 {
-			return errors.New("not yet")
+	f.gateway, _ = listen(t, front.Handler())
+	waitFor(t, "backends routed", func() error {
+		if got := len(cat.ResolveProto(cachev1connect.CacheServiceName)); got != n {
+			return fmt.Errorf("%d routed", got)
 		}
 		return nil
 	})
 	return f
 }
 
-func waitFor(t *testing.T, what string, cond func() error) {
+func listen(t testing.TB, h http.Handler) (string, *http.Server) {
 	t.Helper()
-	deadline := time.Now().Add(10 * time.Second)
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	hs := rpc.NewHTTPServer(h, quiet())
+	go hs.Serve(ln)
+	t.Cleanup(func() { hs.Close() })
+	return "http://" + ln.Addr().String(), hs
+}
+
+func (f *fixture) addBackend(t testing.TB) *instance {
+	t.Helper()
+	b := testbackend.New()
+	srv := rpc.NewServer(quiet(), nil)
+	b.Mount(srv)
+	url, hs := listen(t, srv.Handler())
+	_, portS, _ := net.SplitHostPort(strings.TrimPrefix(url, "http://"))
+	port, _ := net.LookupPort("tcp", portS)
+	id := registry.InstanceID("cache", port)
+	err := f.reg.Register(context.Background(), registry.Registration{
+		Instance: registry.Instance{ID: id, Name: "cache", Address: "127.0.0.1", Port: port,
+			Meta: map[string]string{registry.MetaProtoServices: strings.Join(srv.ProtoServices(), ",")}},
+		HealthURL: url + "/healthz", CheckInterval: 50 * time.Millisecond,
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return &instance{id: id, backend: b, server: hs, url: url}
+}
+
+func (f *fixture) calls() int64 {
+	var n int64
+	for _, in := range f.instances {
+		n += in.backend.Stats().Calls
+	}
+	return n
+}
+
+func waitFor(t testing.TB, what string, cond func() error) {
+	t.Helper()
+	deadline := time.Now().Add(15 * time.Second)
 	var err error
 	for time.Now().Before(deadline) {
 		if err = cond(); err == nil {
@@ -138,11 +155,19 @@ func protocols() []protocol {
 	}
 }
 
+func (p protocol) cache(base string) cachev1connect.CacheServiceClient {
+	return cachev1connect.NewCacheServiceClient(p.client, base, p.opts...)
+}
+
+func (p protocol) watch(base string) *connect.Client[cachev1.GetRequest, cachev1.GetResponse] {
+	return connect.NewClient[cachev1.GetRequest, cachev1.GetResponse](p.client, base+testbackend.WatchProcedure, p.opts...)
+}
+
 func TestGatewayProxiesEveryProtocol(t *testing.T) {
-	f := setup(t)
+	f := setup(t, 1, gateway.Options{})
 	for _, p := range protocols() {
 		t.Run(p.name, func(t *testing.T) {
-			client := cachev1connect.NewCacheServiceClient(p.client, f.gateway, p.opts...)
+			client := p.cache(f.gateway)
 			res, err := client.Get(context.Background(), &cachev1.GetRequest{Key: "hello"})
 			if err != nil {
 				t.Fatal(err)
@@ -150,11 +175,16 @@ func TestGatewayProxiesEveryProtocol(t *testing.T) {
 			if !res.GetFound() || string(res.GetValue()) != "hello" {
 				t.Fatalf("got %v", res)
 			}
-			// Errors and their details survive the proxy (gRPC: trailers).
+			// Errors and their details survive the proxy (gRPC: trailers, with
+			// grpc-status-details-bin).
 			_, err = client.Get(context.Background(), &cachev1.GetRequest{Key: "missing"})
 			var ce *connect.Error
 			if !errors.As(err, &ce) || ce.Code() != connect.CodeNotFound || len(ce.Details()) != 1 {
 				t.Fatalf("error through gateway: %v", err)
+			}
+			detail, derr := ce.Details()[0].Value()
+			if derr != nil || detail.(*cachev1.GetRequest).GetKey() != "missing" {
+				t.Fatalf("detail: %v %v", detail, derr)
 			}
 			// Validation happens at the backend and comes back as invalid_argument.
 			_, err = client.Get(context.Background(), &cachev1.GetRequest{Key: ""})
@@ -166,8 +196,8 @@ func TestGatewayProxiesEveryProtocol(t *testing.T) {
 }
 
 func TestGatewayUnavailableInCallersProtocol(t *testing.T) {
-	f := setup(t)
-	if err := f.reg.Deregister(context.Background(), f.cacheID); err != nil {
+	f := setup(t, 1, gateway.Options{})
+	if err := f.reg.Deregister(context.Background(), f.instances[0].id); err != nil {
 		t.Fatal(err)
 	}
 	waitFor(t, "cache unrouted", func() error {
@@ -178,12 +208,21 @@ func TestGatewayUnavailableInCallersProtocol(t *testing.T) {
 	})
 	for _, p := range protocols() {
 		t.Run(p.name, func(t *testing.T) {
-			client := cachev1connect.NewCacheServiceClient(p.client, f.gateway, p.opts...)
 			ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 			defer cancel()
-			_, err := client.Get(ctx, &cachev1.GetRequest{Key: "hello"})
+			_, err := p.cache(f.gateway).Get(ctx, &cachev1.GetRequest{Key: "hello"})
 			if connect.CodeOf(err) != connect.CodeUnavailable {
-				t.Fatalf("want unavailable, got %v", err)
+				t.Fatalf("unary: want unavailable, got %v", err)
+			}
+			// A streaming call gets the error as its protocol's end of stream.
+			stream, err := p.watch(f.gateway).CallServerStream(ctx, connect.NewRequest(&cachev1.GetRequest{Key: "1:0"}))
+			if err == nil {
+				for stream.Receive() {
+				}
+				err = stream.Err()
+			}
+			if connect.CodeOf(err) != connect.CodeUnavailable {
+				t.Fatalf("stream: want unavailable, got %v", err)
 			}
 		})
 	}
@@ -201,7 +240,7 @@ func TestGatewayUnavailableInCallersProtocol(t *testing.T) {
 }
 
 func TestGatewayRoutingErrors(t *testing.T) {
-	f := setup(t)
+	f := setup(t, 1, gateway.Options{})
 	tests := []struct {
 		name     string
 		method   string
@@ -211,15 +250,21 @@ func TestGatewayRoutingErrors(t *testing.T) {
 		wantBody string
 	}{
 		{"unknown proto service", http.MethodPost, "/foo.v1.Nope/Call", "application/json", http.StatusNotImplemented, `"unimplemented"`},
-		{"known service without backend", http.MethodPost, "/reelway.metadata.v1.MetadataService/GetVideo", "application/json", http.StatusServiceUnavailable, `"unavailable"`},
+		{"known service without backend", http.MethodPost, "/reelway.auth.v1.AuthService/LogIn", "application/json", http.StatusNotImplemented, `"unimplemented"`},
 		{"plain route without backend", http.MethodGet, "/v1/hls/abc/master.m3u8", "", http.StatusServiceUnavailable, `"unavailable"`},
 		{"no route", http.MethodGet, "/nothing-here", "", http.StatusNotFound, `"not_found"`},
+		{"unsupported content type", http.MethodPost, "/reelway.cache.v1.CacheService/Get", "text/plain", http.StatusUnsupportedMediaType, `unsupported content type`},
+		{"unknown codec (the backend's 415)", http.MethodPost, "/reelway.cache.v1.CacheService/Get", "application/x-www-form-urlencoded", http.StatusUnsupportedMediaType, ``},
+		{"bad connect timeout", http.MethodPost, "/reelway.cache.v1.CacheService/Get", "application/json", http.StatusBadRequest, `"invalid_argument"`},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			req, _ := http.NewRequest(tt.method, f.gateway+tt.path, strings.NewReader("{}"))
+			req, _ := http.NewRequest(tt.method, f.gateway+tt.path, strings.NewReader(`{"key":"k"}`))
 			if tt.ctype != "" {
 				req.Header.Set("Content-Type", tt.ctype)
+			}
+			if tt.name == "bad connect timeout" {
+				req.Header.Set("Connect-Timeout-Ms", "soon")
 			}
 			resp, err := http.DefaultClient.Do(req)
 			if err != nil {
@@ -230,12 +275,28 @@ func TestGatewayRoutingErrors(t *testing.T) {
 			if resp.StatusCode != tt.wantCode || !strings.Contains(string(b), tt.wantBody) {
 				t.Fatalf("%d %s", resp.StatusCode, b)
 			}
+			if ct := resp.Header.Get("Content-Type"); strings.Contains(ct, "html") {
+				t.Fatalf("HTML error: %s", ct)
+			}
 		})
+	}
+	// A gRPC caller with a bad grpc-timeout gets a gRPC status, not an HTTP error.
+	req, _ := http.NewRequest(http.MethodPost, f.gateway+"/reelway.cache.v1.CacheService/Get", strings.NewReader(""))
+	req.Header.Set("Content-Type", "application/grpc")
+	req.Header.Set("Grpc-Timeout", "12x")
+	resp, err := h2c().Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, _ = io.ReadAll(resp.Body)
+	resp.Body.Close()
+	if resp.StatusCode != 200 || resp.Trailer.Get("Grpc-Status")+resp.Header.Get("Grpc-Status") != "3" {
+		t.Fatalf("gRPC bad timeout: %d %v %v", resp.StatusCode, resp.Header, resp.Trailer)
 	}
 }
 
 func TestGatewayReflection(t *testing.T) {
-	f := setup(t)
+	f := setup(t, 1, gateway.Options{})
 	client := grpcreflect.NewClient(h2c(), f.gateway)
 	stream := client.NewStream(context.Background())
 	defer stream.Close()
@@ -250,6 +311,419 @@ func TestGatewayReflection(t *testing.T) {
 	for _, want := range []string{cachev1connect.CacheServiceName, metadatav1connect.MetadataServiceName, "reelway.gateway.v1.GatewayService"} {
 		if !slices.Contains(got, want) {
 			t.Errorf("reflection lists %v, missing %s", got, want)
+		}
+	}
+}
+
+func metrics(t *testing.T, base string) string {
+	t.Helper()
+	resp, err := http.Get(base + "/metrics")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	b, _ := io.ReadAll(resp.Body)
+	if resp.StatusCode != 200 {
+		t.Fatalf("metrics: %d", resp.StatusCode)
+	}
+	return string(b)
+}
+
+// metric returns the value of one exposition line that starts with prefix, or "".
+func metric(text, prefix string) string {
+	sc := bufio.NewScanner(strings.NewReader(text))
+	for sc.Scan() {
+		if line := sc.Text(); strings.HasPrefix(line, prefix+" ") {
+			return strings.TrimPrefix(line, prefix+" ")
+		}
+	}
+	return ""
+}
+
+func TestGatewayCallerErrorsNeverOpenTheBreaker(t *testing.T) {
+	f := setup(t, 1, gateway.Options{Breaker: rpc.BreakerConfig{FailureThreshold: 2, Window: 4, Delay: time.Minute}})
+	for _, p := range protocols() {
+		client := p.cache(f.gateway)
+		for i := range 25 {
+			_, err := client.Get(context.Background(), &cachev1.GetRequest{Key: ""})
+			if connect.CodeOf(err) != connect.CodeInvalidArgument {
+				t.Fatalf("%s call %d: want invalid_argument, got %v", p.name, i, err)
+			}
+			_, err = client.Get(context.Background(), &cachev1.GetRequest{Key: "missing"})
+			if connect.CodeOf(err) != connect.CodeNotFound {
+				t.Fatalf("%s call %d: want not_found, got %v", p.name, i, err)
+			}
+		}
+	}
+	if _, err := protocols()[0].cache(f.gateway).Get(context.Background(), &cachev1.GetRequest{Key: "k"}); err != nil {
+		t.Fatalf("valid call after 200 caller errors: %v", err)
+	}
+	m := metrics(t, f.gateway)
+	if v := metric(m, `reelway_gateway_breaker_state{instance="`+f.instances[0].id+`"}`); v != "0" {
+		t.Fatalf("breaker state %q, want 0 (closed)\n%s", v, m)
+	}
+	if strings.Contains(m, "reelway_gateway_breaker_transitions_total{") {
+		t.Fatalf("breaker changed state on caller errors:\n%s", m)
+	}
+	if v := metric(m, `reelway_gateway_requests_total{code="invalid_argument",route="/reelway.cache.v1.CacheService/Get"}`); v != "100" {
+		t.Fatalf("invalid_argument count %q, want 100", v)
+	}
+}
+
+func TestGatewayEjectsFailingInstanceAndLetsItBack(t *testing.T) {
+	f := setup(t, 3, gateway.Options{Breaker: rpc.BreakerConfig{FailureThreshold: 3, Window: 6, Delay: 300 * time.Millisecond, Probes: 1}})
+	bad := f.instances[0]
+	bad.backend.SetFault(testbackend.ModeInternal, 0)
+	client := protocols()[2].cache(f.gateway) // gRPC: the status comes back in trailers
+	// Get is NO_SIDE_EFFECTS: a failure on the bad instance is retried on a good one, so
+	// callers see no error while it is being ejected.
+	for i := range 60 {
+		if _, err := client.Get(context.Background(), &cachev1.GetRequest{Key: "k"}); err != nil {
+			t.Fatalf("call %d: %v", i, err)
+		}
+	}
+	before := bad.backend.Stats().Calls
+	for range 60 {
+		if _, err := client.Get(context.Background(), &cachev1.GetRequest{Key: "k"}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	// Ejected: at most the occasional probe reaches it.
+	if n := bad.backend.Stats().Calls - before; n > 3 {
+		t.Fatalf("ejected instance got %d of 60 calls", n)
+	}
+	m := metrics(t, f.gateway)
+	if !strings.Contains(m, `reelway_gateway_breaker_transitions_total{instance="`+bad.id+`",to="open"}`) {
+		t.Fatalf("no open transition for %s:\n%s", bad.id, m)
+	}
+	// It recovers: after the open delay a probe succeeds and it takes traffic again.
+	bad.backend.SetFault(testbackend.ModeOK, 0)
+	waitFor(t, "recovered instance back in rotation", func() error {
+		before := bad.backend.Stats().Calls
+		for range 30 {
+			if _, err := client.Get(context.Background(), &cachev1.GetRequest{Key: "k"}); err != nil {
+				return err
+			}
+		}
+		if n := bad.backend.Stats().Calls - before; n < 5 {
+			return fmt.Errorf("only %d of 30 calls", n)
+		}
+		return nil
+	})
+}
+
+func TestGatewayHalfOpenAdmitsBoundedProbes(t *testing.T) {
+	f := setup(t, 1, gateway.Options{Breaker: rpc.BreakerConfig{FailureThreshold: 2, Window: 2, Delay: 200 * time.Millisecond, Probes: 2}})
+	in := f.instances[0]
+	in.backend.SetFault(testbackend.ModeInternal, 0)
+	client := protocols()[1].cache(f.gateway)
+	waitFor(t, "breaker open", func() error {
+		_, err := client.Get(context.Background(), &cachev1.GetRequest{Key: "k"})
+		if connect.CodeOf(err) == connect.CodeUnavailable {
+			return nil
+		}
+		return fmt.Errorf("got %v", err)
+	})
+	// The backend comes back, slowly: probes take 1 s.
+	in.backend.SetFault(testbackend.ModeOK, time.Second)
+	time.Sleep(300 * time.Millisecond) // past the open delay
+	before := in.backend.Stats().Calls
+	var wg sync.WaitGroup
+	codes := make([]connect.Code, 200)
+	for i := range 200 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+			defer cancel()
+			_, err := client.Get(ctx, &cachev1.GetRequest{Key: "k"})
+			if err != nil {
+				codes[i] = connect.CodeOf(err)
+			}
+		}()
+	}
+	wg.Wait()
+	probes := in.backend.Stats().Calls - before
+	ok, unavailable := 0, 0
+	for _, c := range codes {
+		switch c {
+		case 0:
+			ok++
+		case connect.CodeUnavailable:
+			unavailable++
+		}
+	}
+	if probes > 2 || ok != int(probes) || ok+unavailable != 200 {
+		t.Fatalf("backend saw %d probes (max 2); callers: %d ok, %d unavailable, of 200", probes, ok, unavailable)
+	}
+}
+
+func TestGatewayRetriesOnlyWhenSafe(t *testing.T) {
+	f := setup(t, 2, gateway.Options{Breaker: rpc.BreakerConfig{FailureThreshold: 50, Window: 100, Delay: time.Minute}})
+	f.instances[0].backend.SetFault(testbackend.ModeInternal, 0)
+	for _, p := range protocols() {
+		t.Run(p.name, func(t *testing.T) {
+			// Idempotent: always answered by the healthy instance.
+			for i := range 10 {
+				if _, err := p.cache(f.gateway).Set(context.Background(), &cachev1.SetRequest{Key: "k", Value: []byte("v")}); err != nil {
+					t.Fatalf("idempotent call %d: %v", i, err)
+				}
+			}
+			// Not idempotent: whoever gets it answers, nothing is sent twice.
+			md := metadatav1connect.NewMetadataServiceClient(p.client, f.gateway, p.opts...)
+			effects := f.instances[0].backend.Stats().SideEffects + f.instances[1].backend.Stats().SideEffects
+			calls := f.calls()
+			failed := 0
+			for range 10 {
+				_, err := md.CreateVideo(context.Background(), &metadatav1.CreateVideoRequest{Video: &metadatav1.Video{Id: "v1", Title: "t"}})
+				if err != nil {
+					if connect.CodeOf(err) != connect.CodeInternal {
+						t.Fatalf("want internal from the bad instance, got %v", err)
+					}
+					failed++
+				}
+			}
+			if n := f.calls() - calls; n != 10 {
+				t.Fatalf("10 non-idempotent calls reached backends %d times", n)
+			}
+			got := f.instances[0].backend.Stats().SideEffects + f.instances[1].backend.Stats().SideEffects - effects
+			if got != 10 || failed == 0 {
+				t.Fatalf("%d side effects for 10 calls (%d failed on the bad instance): each must run exactly once", got, failed)
+			}
+		})
+	}
+}
+
+func TestGatewayRetriesNeverSentRequests(t *testing.T) {
+	f := setup(t, 2, gateway.Options{})
+	dead := f.instances[0]
+	dead.server.Close() // connection refused from now on; the registry has not noticed yet
+	md := metadatav1connect.NewMetadataServiceClient(h2c(), f.gateway)
+	for i := range 10 {
+		if _, err := md.CreateVideo(context.Background(), &metadatav1.CreateVideoRequest{Video: &metadatav1.Video{Id: "v1", Title: "t"}}); err != nil {
+			t.Fatalf("call %d: a refused connection never reached a backend and must be retried: %v", i, err)
+		}
+	}
+	if n := f.instances[1].backend.Stats().SideEffects; n != 10 {
+		t.Fatalf("%d side effects, want 10", n)
+	}
+}
+
+func TestGatewayDeadlines(t *testing.T) {
+	f := setup(t, 1, gateway.Options{Timeout: 400 * time.Millisecond})
+	b := f.instances[0].backend
+	for _, p := range protocols() {
+		t.Run(p.name+" forwarded", func(t *testing.T) {
+			ctx, cancel := context.WithTimeout(context.Background(), 3*time.Second)
+			defer cancel()
+			// A long-running stream is not cut by the gateway's 400 ms default...
+			stream, err := p.watch(f.gateway).CallServerStream(ctx, connect.NewRequest(&cachev1.GetRequest{Key: "3:300"}))
+			if err != nil {
+				t.Fatal(err)
+			}
+			n := 0
+			for stream.Receive() {
+				n++
+			}
+			if err := stream.Err(); err != nil || n != 3 {
+				t.Fatalf("stream cut after %d messages: %v", n, err)
+			}
+			// ...and the caller's deadline reaches the backend, minus the time spent.
+			if got := b.Stats().LastDeadlineMs; got > 3000 || got < 1500 {
+				t.Fatalf("backend saw %d ms left of a 3 s deadline", got)
+			}
+			if _, err := p.cache(f.gateway).Get(ctx, &cachev1.GetRequest{Key: "k"}); err != nil {
+				t.Fatal(err)
+			}
+			if got := b.Stats().LastDeadlineMs; got > 3000 || got < 1500 {
+				t.Fatalf("unary: backend saw %d ms left", got)
+			}
+			// Without a caller deadline, unary calls get the gateway's default.
+			if _, err := p.cache(f.gateway).Get(context.Background(), &cachev1.GetRequest{Key: "k"}); err != nil {
+				t.Fatal(err)
+			}
+			if got := b.Stats().LastDeadlineMs; got > 400 || got < 100 {
+				t.Fatalf("default: backend saw %d ms left, want about 400", got)
+			}
+		})
+	}
+	b.SetFault(testbackend.ModeOK, 5*time.Second)
+	for _, p := range protocols() {
+		t.Run(p.name+" expires", func(t *testing.T) {
+			cancelled := b.Stats().Cancelled
+			start := time.Now()
+			// The caller's own client deadline is longer: the answer must come from the
+			// gateway's enforcement of the forwarded one.
+			req := connect.NewRequest(&cachev1.GetRequest{Key: "k"})
+			if p.name == "connect-json" || p.name == "connect-proto" {
+				req.Header().Set("Connect-Timeout-Ms", "300")
+			} else {
+				req.Header().Set("Grpc-Timeout", "300m")
+			}
+			client := connect.NewClient[cachev1.GetRequest, cachev1.GetResponse](p.client, f.gateway+"/reelway.cache.v1.CacheService/Get", p.opts...)
+			_, err := client.CallUnary(context.Background(), req)
+			elapsed := time.Since(start)
+			if connect.CodeOf(err) != connect.CodeDeadlineExceeded {
+				t.Fatalf("want deadline_exceeded, got %v", err)
+			}
+			if elapsed < 250*time.Millisecond || elapsed > 2*time.Second {
+				t.Fatalf("deadline of 300 ms took %s", elapsed)
+			}
+			waitFor(t, "backend context cancelled", func() error {
+				if b.Stats().Cancelled == cancelled {
+					return errors.New("backend still working")
+				}
+				return nil
+			})
+		})
+	}
+	// Connect over plain HTTP sees 504.
+	req, _ := http.NewRequest(http.MethodPost, f.gateway+"/reelway.cache.v1.CacheService/Get", strings.NewReader(`{"key":"k"}`))
+	req.Header.Set("Content-Type", "application/json")
+	req.Header.Set("Connect-Timeout-Ms", "200")
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	body, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusGatewayTimeout || !strings.Contains(string(body), "deadline_exceeded") {
+		t.Fatalf("connect 504: %d %s", resp.StatusCode, body)
+	}
+}
+
+func TestGatewayStreamsIncrementally(t *testing.T) {
+	f := setup(t, 1, gateway.Options{})
+	gate := make(chan struct{})
+	f.instances[0].backend.Gate = gate
+	for _, p := range protocols() {
+		t.Run(p.name, func(t *testing.T) {
+			ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+			defer cancel()
+			stream, err := p.watch(f.gateway).CallServerStream(ctx, connect.NewRequest(&cachev1.GetRequest{Key: "3:0"}))
+			if err != nil {
+				t.Fatal(err)
+			}
+			// The backend sends message i+1 only after the caller got message i: a proxy
+			// that buffered would deadlock here until the timeout.
+			for i := range 3 {
+				if !stream.Receive() {
+					t.Fatalf("message %d: %v", i, stream.Err())
+				}
+				if got := string(stream.Msg().GetValue()); got != fmt.Sprint(i) {
+					t.Fatalf("message %d is %q", i, got)
+				}
+				if i < 2 {
+					gate <- struct{}{}
+				}
+			}
+			if stream.Receive() || stream.Err() != nil {
+				t.Fatalf("end: %v", stream.Err())
+			}
+		})
+	}
+}
+
+func TestGatewayEndsCutStreamsInCallersProtocol(t *testing.T) {
+	for _, p := range protocols() {
+		t.Run(p.name, func(t *testing.T) {
+			f := setup(t, 1, gateway.Options{})
+			gate := make(chan struct{})
+			f.instances[0].backend.Gate = gate
+			ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+			defer cancel()
+			stream, err := p.watch(f.gateway).CallServerStream(ctx, connect.NewRequest(&cachev1.GetRequest{Key: "3:0"}))
+			if err != nil {
+				t.Fatal(err)
+			}
+			if !stream.Receive() {
+				t.Fatalf("first message: %v", stream.Err())
+			}
+			f.instances[0].server.Close() // the backend dies mid-stream
+			if stream.Receive() {
+				t.Fatal("a message after the backend died")
+			}
+			if code := connect.CodeOf(stream.Err()); code != connect.CodeUnavailable {
+				t.Fatalf("want unavailable in the caller's protocol, got %v", stream.Err())
+			}
+		})
+	}
+}
+
+func TestGatewayCORS(t *testing.T) {
+	f := setup(t, 1, gateway.Options{CORSOrigins: []string{"https://app.example"}})
+	preflight := func(origin string) *http.Response {
+		req, _ := http.NewRequest(http.MethodOptions, f.gateway+"/reelway.cache.v1.CacheService/Get", nil)
+		req.Header.Set("Origin", origin)
+		req.Header.Set("Access-Control-Request-Method", "POST")
+		req.Header.Set("Access-Control-Request-Headers", "connect-protocol-version,connect-timeout-ms,content-type,grpc-timeout,x-grpc-web,x-user-agent")
+		resp, err := http.DefaultClient.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		resp.Body.Close()
+		return resp
+	}
+	self := f.gateway // the gateway's own origin
+	for _, origin := range []string{"https://app.example", self} {
+		resp := preflight(origin)
+		if resp.StatusCode/100 != 2 || resp.Header.Get("Access-Control-Allow-Origin") != origin {
+			t.Fatalf("%s: preflight %d %v", origin, resp.StatusCode, resp.Header)
+		}
+		allowed := strings.ToLower(resp.Header.Get("Access-Control-Allow-Headers"))
+		for _, h := range []string{"connect-protocol-version", "connect-timeout-ms", "grpc-timeout", "x-grpc-web"} {
+			if !strings.Contains(allowed, h) {
+				t.Errorf("%s: %s not allowed: %q", origin, h, allowed)
+			}
+		}
+	}
+	if resp := preflight("https://evil.example"); resp.Header.Get("Access-Control-Allow-Origin") != "" {
+		t.Fatalf("unlisted origin allowed: %v", resp.Header)
+	}
+	// The actual response exposes the gRPC-Web status headers.
+	req, _ := http.NewRequest(http.MethodPost, f.gateway+"/reelway.cache.v1.CacheService/Get", strings.NewReader(`{"key":"k"}`))
+	req.Header.Set("Content-Type", "application/json")
+	req.Header.Set("Origin", "https://app.example")
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	exposed := strings.ToLower(resp.Header.Get("Access-Control-Expose-Headers"))
+	for _, h := range []string{"grpc-status", "grpc-message", "grpc-status-details-bin"} {
+		if !strings.Contains(exposed, h) {
+			t.Errorf("%s not exposed: %q", h, exposed)
+		}
+	}
+	// With no configured origins, another origin is refused.
+	g2 := setup(t, 1, gateway.Options{})
+	req, _ = http.NewRequest(http.MethodOptions, g2.gateway+"/reelway.cache.v1.CacheService/Get", nil)
+	req.Header.Set("Origin", "https://app.example")
+	req.Header.Set("Access-Control-Request-Method", "POST")
+	resp, err = http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	if resp.Header.Get("Access-Control-Allow-Origin") != "" {
+		t.Fatalf("default policy allowed a foreign origin: %v", resp.Header)
+	}
+}
+
+func TestGatewayMetricsEndpoint(t *testing.T) {
+	f := setup(t, 1, gateway.Options{})
+	if _, err := protocols()[0].cache(f.gateway).Get(context.Background(), &cachev1.GetRequest{Key: "k"}); err != nil {
+		t.Fatal(err)
+	}
+	m := metrics(t, f.gateway)
+	for _, want := range []string{
+		`reelway_gateway_requests_total{code="ok",route="/reelway.cache.v1.CacheService/Get"} 1`,
+		`reelway_gateway_breaker_state{instance="` + f.instances[0].id + `"} 0`,
+		`reelway_gateway_catalog_age_seconds `,
+		`reelway_gateway_retry_budget_exhausted_total 0`,
+	} {
+		if !strings.Contains(m, want) {
+			t.Errorf("metrics lack %q", want)
 		}
 	}
 }

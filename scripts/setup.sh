@@ -24,6 +24,15 @@ install_ffmpeg() {
   DEBIAN_FRONTEND=noninteractive need_root apt-get install -y -qq ffmpeg >/dev/null
 }
 
+# PostgreSQL server binaries, for the metadata tests' throwaway server. The image usually
+# ships them; Debian's package is the fallback.
+install_postgres() {
+  if command -v initdb >/dev/null 2>&1 || ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1; then return; fi
+  log "installing postgresql"
+  need_root apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive need_root apt-get install -y -qq postgresql >/dev/null
+}
+
 install_just() {
   if command -v just >/dev/null 2>&1; then return; fi
   log "installing just (rust-just from npm)"
@@ -42,10 +51,15 @@ install_buf() {
 consul_version=1.14.11
 install_consul() {
   local bin="$cache/bin/consul"
-  if [ -x "$bin" ] && "$bin" version 2>/dev/null | grep -q "v$consul_version"; then return; fi
+  # Read the version into a variable first: piping into `grep -q` under pipefail lets
+  # grep's early exit kill consul with SIGPIPE and fail the check at random.
+  local have=""
+  if [ -x "$bin" ]; then have=$("$bin" version 2>/dev/null || true); fi
+  case "$have" in *"v$consul_version"*) return ;; esac
   log "building consul $consul_version from its Go module (about 3 minutes)"
   local work
   work=$(mktemp -d)
+  trap 'rm -rf "$work" "$bin.tmp"' EXIT
   (
     cd "$work"
     export GOFLAGS=-mod=mod
@@ -60,6 +74,7 @@ install_consul() {
     mv "$bin.tmp" "$bin"
   )
   rm -rf "$work"
+  trap - EXIT
 }
 
 case "${1:-all}" in
@@ -69,6 +84,7 @@ case "${1:-all}" in
   buf) install_buf ;;
   consul-path) echo "$cache/bin/consul" ;;
   buf-path) echo "$cache/buf-$buf_version/node_modules/.bin/buf" ;;
-  all) install_ffmpeg; install_just; install_buf; install_consul ;;
-  *) echo "usage: setup.sh [all|ffmpeg|just|buf|consul|consul-path|buf-path]" >&2; exit 2 ;;
+  postgres) install_postgres ;;
+  all) install_ffmpeg; install_postgres; install_just; install_buf; install_consul ;;
+  *) echo "usage: setup.sh [all|ffmpeg|postgres|just|buf|consul|consul-path|buf-path]" >&2; exit 2 ;;
 esac

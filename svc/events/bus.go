@@ -27,12 +27,16 @@ var (
 	ErrDecode = errors.New("events: decode")
 )
 
-// Status is the bus connection's state, for health reports.
+// Status is the bus connection's state and counters, for health reports and metrics.
 type Status struct {
 	Connected  bool   `json:"connected"`
 	State      string `json:"state"`
 	Reconnects uint64 `json:"reconnects"`
 	LastError  string `json:"lastError,omitempty"`
+	// Published and PublishErrors count Publish calls acknowledged by JetStream and
+	// refused (or unanswered), since the process started.
+	Published     uint64 `json:"published"`
+	PublishErrors uint64 `json:"publishErrors"`
 }
 
 // Bus publishes and consumes domain events over one NATS connection.
@@ -42,16 +46,22 @@ type Bus struct {
 	log    *slog.Logger
 	source string
 
-	reconnects atomic.Uint64
-	mu         sync.Mutex
-	lastErr    string
+	reconnects    atomic.Uint64
+	published     atomic.Uint64
+	publishErrors atomic.Uint64
+
+	mu      sync.Mutex
+	lastErr string
+	// up is closed, and replaced, each time the connection is (re)established, so loops
+	// waiting out an outage (the outbox) resume at once.
+	up chan struct{}
 }
 
 // Connect dials NATS at url. The connection reconnects forever with exponential backoff
 // plus jitter, and a failed first dial is retried in the background too, so a service
 // can start before NATS does.
 func Connect(ctx context.Context, url, source string, log *slog.Logger) (*Bus, error) {
-	b := &Bus{log: log, source: source}
+	b := &Bus{log: log, source: source, up: make(chan struct{})}
 	nc, err := nats.Connect(url,
 		nats.Name("reelway-"+source),
 		nats.MaxReconnects(-1),
@@ -67,7 +77,13 @@ func Connect(ctx context.Context, url, source string, log *slog.Logger) (*Bus, e
 		}),
 		nats.ReconnectHandler(func(c *nats.Conn) {
 			b.reconnects.Add(1)
+			b.signalUp()
 			log.Info("nats.reconnected", "url", c.ConnectedUrlRedacted())
+		}),
+		nats.ConnectHandler(func(c *nats.Conn) {
+			// Only called when the first dial failed and a later one succeeded.
+			b.signalUp()
+			log.Info("nats.connected", "url", c.ConnectedUrlRedacted())
 		}),
 		nats.ErrorHandler(func(_ *nats.Conn, _ *nats.Subscription, err error) {
 			b.setErr(err)
@@ -86,6 +102,23 @@ func Connect(ctx context.Context, url, source string, log *slog.Logger) (*Bus, e
 	return b, nil
 }
 
+func (b *Bus) signalUp() {
+	b.mu.Lock()
+	close(b.up)
+	b.up = make(chan struct{})
+	b.mu.Unlock()
+}
+
+// Up returns a channel that is closed the next time the connection is established again.
+func (b *Bus) Up() <-chan struct{} {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.up
+}
+
+// Connected reports whether the connection is up right now.
+func (b *Bus) Connected() bool { return b.nc.IsConnected() }
+
 func (b *Bus) setErr(err error) {
 	if err == nil {
 		return
@@ -95,16 +128,35 @@ func (b *Bus) setErr(err error) {
 	b.mu.Unlock()
 }
 
-// EnsureStream creates or updates the events stream. Retention is by age and size.
+// Default retention of the events stream, used when EnsureStream gets zero limits.
+const (
+	DefaultMaxAge   = 7 * 24 * time.Hour
+	DefaultMaxBytes = 1 << 30
+)
+
+// DuplicateWindow is how long JetStream remembers a Nats-Msg-Id: a republish of the same
+// event within it is stored once. The outbox retries well within it.
+const DuplicateWindow = 2 * time.Minute
+
+// EnsureStream creates or updates the events stream. Retention is by limits: events older
+// than maxAge go first, then the oldest once the stream holds maxBytes (zero takes
+// DefaultMaxAge and DefaultMaxBytes). Discarding old events never refuses a new one.
 func (b *Bus) EnsureStream(ctx context.Context, maxAge time.Duration, maxBytes int64) error {
+	if maxAge <= 0 {
+		maxAge = DefaultMaxAge
+	}
+	if maxBytes <= 0 {
+		maxBytes = DefaultMaxBytes
+	}
 	_, err := b.js.CreateOrUpdateStream(ctx, jetstream.StreamConfig{
 		Name:       StreamName,
 		Subjects:   []string{SubjectPrefix + ">"},
 		Retention:  jetstream.LimitsPolicy,
+		Discard:    jetstream.DiscardOld,
 		MaxAge:     maxAge,
 		MaxBytes:   maxBytes,
 		Storage:    jetstream.FileStorage,
-		Duplicates: 2 * time.Minute,
+		Duplicates: DuplicateWindow,
 	})
 	if err != nil {
 		return fmt.Errorf("%w: ensure stream: %w", ErrConnect, err)
@@ -112,8 +164,21 @@ func (b *Bus) EnsureStream(ctx context.Context, maxAge time.Duration, maxBytes i
 	return nil
 }
 
-// Publish stores an event and waits for JetStream's acknowledgement.
+// Publish stores an event and waits for JetStream's acknowledgement. An error means the
+// event may or may not be stored: republishing the same envelope is safe (JetStream keeps
+// one copy per id within DuplicateWindow), and a caller that must not lose the event
+// publishes through an Outbox instead.
 func (b *Bus) Publish(ctx context.Context, ev *eventsv1.Event) error {
+	if ev.GetId() == "" || ev.GetType() == eventsv1.EventType_EVENT_TYPE_UNSPECIFIED {
+		b.publishErrors.Add(1)
+		return fmt.Errorf("%w: an event needs an id and a type", ErrPublish)
+	}
+	if !b.nc.IsConnected() {
+		// Fail now rather than buffer the message and time out: the caller decides what
+		// to do (the outbox keeps it and tries again on reconnect).
+		b.publishErrors.Add(1)
+		return fmt.Errorf("%w: %s %s: %w", ErrPublish, Name(ev.GetType()), ev.GetId(), nats.ErrConnectionReconnecting)
+	}
 	data, err := proto.Marshal(ev)
 	if err != nil {
 		return fmt.Errorf("%w: marshal: %w", ErrPublish, err)
@@ -122,8 +187,10 @@ func (b *Bus) Publish(ctx context.Context, ev *eventsv1.Event) error {
 	msg.Data = data
 	msg.Header.Set(jetstream.MsgIDHeader, ev.GetId())
 	if _, err := b.js.PublishMsg(ctx, msg); err != nil {
+		b.publishErrors.Add(1)
 		return fmt.Errorf("%w: %s %s: %w", ErrPublish, Name(ev.GetType()), ev.GetId(), err)
 	}
+	b.published.Add(1)
 	b.log.Debug("event.published", "type", Name(ev.GetType()), "id", ev.GetId(), "subject_id", ev.GetSubjectId())
 	return nil
 }
@@ -150,10 +217,12 @@ func (b *Bus) Status() Status {
 	b.mu.Unlock()
 	st := b.nc.Status()
 	return Status{
-		Connected:  st == nats.CONNECTED,
-		State:      st.String(),
-		Reconnects: b.reconnects.Load(),
-		LastError:  last,
+		Connected:     st == nats.CONNECTED,
+		State:         st.String(),
+		Reconnects:    b.reconnects.Load(),
+		LastError:     last,
+		Published:     b.published.Load(),
+		PublishErrors: b.publishErrors.Load(),
 	}
 }
 

@@ -152,3 +152,11 @@ func ServiceDeregistered(source, instanceID string) *eventsv1.Event {
 	e.Payload = &eventsv1.Event_ServiceDeregistered{ServiceDeregistered: &eventsv1.ServiceDeregistered{Service: source, InstanceId: instanceID}}
 	return e
 }
+
+// JobDead builds a job.dead event: a job used up its attempts and was dead-lettered.
+// subject is what the job was about (a video id for a transcode).
+func JobDead(source, jobID, kind, subject string, attempts int32, reason string) *eventsv1.Event {
+	e := envelope(eventsv1.EventType_EVENT_TYPE_JOB_DEAD, source, subject)
+	e.Payload = &eventsv1.Event_JobDead{JobDead: &eventsv1.JobDead{JobId: jobID, Kind: kind, SubjectId: subject, Attempts: attempts, Reason: reason}}
+	return e
+}

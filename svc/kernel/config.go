@@ -52,16 +52,45 @@ type Config struct {
 	DataDir string
 	// UploadMaxBytes caps one upload.
 	UploadMaxBytes int64
+	// UploadExpiry is how long a resumable (tus) upload may go without new bytes before
+	// it is deleted and its video failed.
+	UploadExpiry time.Duration
 	// AuthSecret signs tokens; empty generates one and keeps it in the data directory.
 	AuthSecret Secret
+	// DatabaseURL, when set, is the PostgreSQL database the metadata service keeps videos
+	// in instead of SQLite in DataDir. A Secret because it may carry a password.
+	DatabaseURL Secret
+	// PlaybackSecret signs private videos' playback tokens (at least 32 bytes); empty
+	// generates one into <data>/playback.secret. PlaybackTokenTTL is a token's least
+	// lifetime.
+	PlaybackSecret   Secret
+	PlaybackTokenTTL time.Duration
+	// TranscodeLadder lists the HLS rungs ("240p,360p,720p=3000k"; empty: the standard
+	// five); TranscodeConcurrency bounds a transcoder's parallel ffmpeg runs;
+	// TranscodeTimeout bounds one transcode's work before ffmpeg is killed.
+	TranscodeLadder      string
+	TranscodeConcurrency int
+	TranscodeTimeout     time.Duration
 	// ShutdownTimeout bounds the drain of in-flight requests.
 	ShutdownTimeout time.Duration
 	// EventsMaxAge and EventsMaxBytes bound the events stream's retention.
 	EventsMaxAge   time.Duration
 	EventsMaxBytes int64
+	// WorkerConcurrency is how many jobs one worker process runs at once (0: one).
+	WorkerConcurrency int
+	// WorkerMaxAttempts is how many attempts a job gets before it is dead-lettered;
+	// WorkerBackoff the waits after transient failures (the last repeats); WorkerAckWait how
+	// long a silent job stays assigned. Zero values take the worker's defaults.
+	WorkerMaxAttempts int
+	WorkerBackoff     []time.Duration
+	WorkerAckWait     time.Duration
 	// LogLevel is debug, info, warn or error; LogFormat is text or json.
 	LogLevel  string
 	LogFormat string
+	// GatewayTimeout is the gateway's deadline for unary calls that carry none (negative:
+	// none); CORSOrigins the browser origins it allows besides its own ("*": any).
+	GatewayTimeout time.Duration
+	CORSOrigins    []string
 	// PortOffset shifts every default port (dev: run a second platform beside the first).
 	PortOffset int
 	// Version is the build version, reported in registry meta.
@@ -124,11 +153,16 @@ func LoadConfig(service string, args []string, getenv func(string) string) (Conf
 		NATSURL:         getenv("REELWAY_NATS_URL"),
 		DataDir:         envOr(getenv, "REELWAY_DATA_DIR", "data"),
 		AuthSecret:      Secret(getenv("REELWAY_AUTH_SECRET")),
+		DatabaseURL:     Secret(getenv("REELWAY_DATABASE_URL")),
+		PlaybackSecret:  Secret(getenv("REELWAY_PLAYBACK_SECRET")),
+		TranscodeLadder: getenv("REELWAY_TRANSCODE_LADDER"),
 		LogLevel:        envOr(getenv, "REELWAY_LOG_LEVEL", "info"),
 		LogFormat:       envOr(getenv, "REELWAY_LOG_FORMAT", "text"),
 		Version:         envOr(getenv, "REELWAY_VERSION", "dev"),
 		UploadMaxBytes:  4 << 30,
+		UploadExpiry:    24 * time.Hour,
 		ShutdownTimeout: 15 * time.Second,
+		GatewayTimeout:  30 * time.Second,
 		EventsMaxAge:    7 * 24 * time.Hour,
 		EventsMaxBytes:  1 << 30,
 		NATSPort:        4222,
@@ -165,9 +199,32 @@ func LoadConfig(service string, args []string, getenv func(string) string) (Conf
 	intEnv("REELWAY_PORT_OFFSET", &c.PortOffset)
 	intEnv("REELWAY_NATS_PORT", &c.NATSPort)
 	int64Env("REELWAY_UPLOAD_MAX_BYTES", &c.UploadMaxBytes)
+	durEnv("REELWAY_UPLOAD_EXPIRY", &c.UploadExpiry)
 	int64Env("REELWAY_EVENTS_MAX_BYTES", &c.EventsMaxBytes)
 	durEnv("REELWAY_SHUTDOWN_TIMEOUT", &c.ShutdownTimeout)
 	durEnv("REELWAY_EVENTS_MAX_AGE", &c.EventsMaxAge)
+	durEnv("REELWAY_PLAYBACK_TOKEN_TTL", &c.PlaybackTokenTTL)
+	intEnv("REELWAY_TRANSCODE_CONCURRENCY", &c.TranscodeConcurrency)
+	durEnv("REELWAY_TRANSCODE_TIMEOUT", &c.TranscodeTimeout)
+	durEnv("REELWAY_GATEWAY_TIMEOUT", &c.GatewayTimeout)
+	for _, o := range strings.Split(getenv("REELWAY_CORS_ORIGINS"), ",") {
+		if o = strings.TrimSpace(o); o != "" {
+			c.CORSOrigins = append(c.CORSOrigins, o)
+		}
+	}
+	intEnv("REELWAY_WORKER_CONCURRENCY", &c.WorkerConcurrency)
+	intEnv("REELWAY_WORKER_MAX_ATTEMPTS", &c.WorkerMaxAttempts)
+	durEnv("REELWAY_WORKER_ACK_WAIT", &c.WorkerAckWait)
+	if v := getenv("REELWAY_WORKER_BACKOFF"); v != "" {
+		for _, part := range strings.Split(v, ",") {
+			d, err := time.ParseDuration(strings.TrimSpace(part))
+			if err != nil || d <= 0 {
+				errs = append(errs, fmt.Errorf("REELWAY_WORKER_BACKOFF: %q is not a positive duration", part))
+				continue
+			}
+			c.WorkerBackoff = append(c.WorkerBackoff, d)
+		}
+	}
 	if err := errors.Join(errs...); err != nil {
 		return c, fmt.Errorf("%w: %w", ErrConfig, err)
 	}
@@ -180,18 +237,35 @@ func LoadConfig(service string, args []string, getenv func(string) string) (Conf
 	fs.StringVar(&c.NATSURL, "nats", c.NATSURL, "NATS URL; empty = embedded server in dev (REELWAY_NATS_URL)")
 	fs.IntVar(&c.NATSPort, "nats-port", c.NATSPort, "embedded NATS port in dev (REELWAY_NATS_PORT)")
 	fs.StringVar(&c.DataDir, "data", c.DataDir, "data directory (REELWAY_DATA_DIR)")
+	fs.IntVar(&c.WorkerConcurrency, "worker-concurrency", c.WorkerConcurrency, "jobs one worker process runs at once; 0 = 1 (REELWAY_WORKER_CONCURRENCY)")
 	fs.Int64Var(&c.UploadMaxBytes, "upload-max-bytes", c.UploadMaxBytes, "largest accepted upload (REELWAY_UPLOAD_MAX_BYTES)")
 	fs.DurationVar(&c.ShutdownTimeout, "shutdown-timeout", c.ShutdownTimeout, "drain time on shutdown (REELWAY_SHUTDOWN_TIMEOUT)")
 	fs.StringVar(&c.LogLevel, "log-level", c.LogLevel, "debug, info, warn or error (REELWAY_LOG_LEVEL)")
 	fs.StringVar(&c.LogFormat, "log-format", c.LogFormat, "text or json (REELWAY_LOG_FORMAT)")
 	if err := fs.Parse(args); err != nil {
+		if errors.Is(err, flag.ErrHelp) {
+			return c, err // the flag package printed the usage; not a mistake
+		}
 		return c, fmt.Errorf("%w: %w", ErrConfig, err)
+	}
+	var level slog.Level
+	if err := level.UnmarshalText([]byte(c.LogLevel)); err != nil {
+		return c, fmt.Errorf("%w: log level %q: want debug, info, warn or error", ErrConfig, c.LogLevel)
+	}
+	if c.LogFormat != "text" && c.LogFormat != "json" {
+		return c, fmt.Errorf("%w: log format %q: want text or json", ErrConfig, c.LogFormat)
 	}
 	if fs.NArg() > 0 {
 		return c, fmt.Errorf("%w: unexpected arguments %q", ErrConfig, fs.Args())
 	}
 	if c.UploadMaxBytes <= 0 {
 		return c, fmt.Errorf("%w: upload max bytes must be positive", ErrConfig)
+	}
+	if c.UploadExpiry <= 0 {
+		return c, fmt.Errorf("%w: REELWAY_UPLOAD_EXPIRY must be positive", ErrConfig)
+	}
+	if c.WorkerConcurrency < 0 || c.WorkerMaxAttempts < 0 || c.WorkerAckWait < 0 {
+		return c, fmt.Errorf("%w: worker concurrency, max attempts and ack wait must not be negative", ErrConfig)
 	}
 	abs, err := filepath.Abs(c.DataDir)
 	if err != nil {
@@ -219,8 +293,18 @@ func (c Config) LogValue() slog.Value {
 		slog.String("nats", orDefault(c.NATSURL, "embedded")),
 		slog.String("data_dir", c.DataDir),
 		slog.Int64("upload_max_bytes", c.UploadMaxBytes),
+		slog.Duration("upload_expiry", c.UploadExpiry),
 		slog.Any("auth_secret", c.AuthSecret),
+		slog.Any("database_url", c.DatabaseURL),
 		slog.Duration("shutdown_timeout", c.ShutdownTimeout),
+		slog.Duration("events_max_age", c.EventsMaxAge),
+		slog.Int64("events_max_bytes", c.EventsMaxBytes),
+		slog.Int("worker_concurrency", c.WorkerConcurrency),
+		slog.Any("playback_secret", c.PlaybackSecret),
+		slog.Duration("playback_token_ttl", c.PlaybackTokenTTL),
+		slog.String("transcode_ladder", c.TranscodeLadder),
+		slog.Int("transcode_concurrency", c.TranscodeConcurrency),
+		slog.Duration("transcode_timeout", c.TranscodeTimeout),
 		slog.String("version", c.Version),
 	)
 }

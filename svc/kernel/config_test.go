@@ -56,6 +56,16 @@ func TestLoadConfig(t *testing.T) {
 				}
 			},
 		},
+		{
+			name: "gateway", service: "gateway",
+			env: map[string]string{"REELWAY_GATEWAY_TIMEOUT": "5s", "REELWAY_CORS_ORIGINS": " https://a.example, ,https://b.example"},
+			check: func(t *testing.T, c kernel.Config) {
+				if c.GatewayTimeout != 5*time.Second || strings.Join(c.CORSOrigins, "|") != "https://a.example|https://b.example" {
+					t.Errorf("gateway timeout %v, origins %q", c.GatewayTimeout, c.CORSOrigins)
+				}
+			},
+		},
+		{name: "bad gateway timeout", service: "gateway", env: map[string]string{"REELWAY_GATEWAY_TIMEOUT": "soon"}, wantErr: true},
 		{name: "bad int env", service: "cache", env: map[string]string{"REELWAY_PORT": "abc"}, wantErr: true},
 		{name: "bad duration", service: "cache", env: map[string]string{"REELWAY_SHUTDOWN_TIMEOUT": "soon"}, wantErr: true},
 		{name: "unknown flag", service: "cache", args: []string{"-nope"}, wantErr: true},

@@ -97,11 +97,17 @@ func (rt *Runtime) Close(ctx context.Context) error {
 
 // Status is what /healthz reports about the process's connections.
 func (rt *Runtime) Status() any {
-	return map[string]any{
-		"nats":              rt.Bus.Status(),
-		"catalogAgeSeconds": rt.Catalog.Age().Seconds(),
-	}
+	return HealthDetail{NATS: rt.Bus.Status(), CatalogAgeSeconds: rt.Catalog.Age().Seconds()}
 }
+
+// HealthDetail is the body of /healthz's "detail".
+type HealthDetail struct {
+	NATS              events.Status `json:"nats"`
+	CatalogAgeSeconds float64       `json:"catalogAgeSeconds"`
+}
+
+// Degraded reports that events cannot flow: the bus is not connected.
+func (h HealthDetail) Degraded() bool { return !h.NATS.Connected }
 
 // Serve runs one service: listen → register → start plugins → serve; when ctx ends:
 // deregister → stop plugins and drain requests within the shutdown timeout → close plugins.

@@ -18,6 +18,8 @@ var ErrInvalidID = errors.New("media: invalid video id")
 const (
 	MasterPlaylist   = "master.m3u8"
 	Thumbnail        = "thumbnail.jpg"
+	Poster           = "poster.jpg"
+	Download         = "download.mp4"
 	VariantPlaylist  = "index.m3u8"
 	SegmentPattern   = "seg_%05d.ts"
 	sourceFileName   = "source"

@@ -105,3 +105,45 @@ func FuzzParseMaster(f *testing.F) {
 		}
 	})
 }
+
+func TestAppendQuery(t *testing.T) {
+	in := "#EXTM3U\r\n#EXT-X-MAP:URI=\"init.mp4\"\r\n#EXT-X-MEDIA:TYPE=AUDIO,GROUP-ID=\"a\",URI=\"a/index.m3u8\"\r\n" +
+		"#EXT-X-STREAM-INF:BANDWIDTH=1,CODECS=\"avc1\"\r\n360p/index.m3u8\r\n\r\n#EXTINF:4,\nseg.ts?x=1\nhttps://cdn/s.ts\n#EXT-X-ENDLIST"
+	want := "#EXTM3U\r\n#EXT-X-MAP:URI=\"init.mp4?t=1\"\r\n#EXT-X-MEDIA:TYPE=AUDIO,GROUP-ID=\"a\",URI=\"a/index.m3u8?t=1\"\r\n" +
+		"#EXT-X-STREAM-INF:BANDWIDTH=1,CODECS=\"avc1\"\r\n360p/index.m3u8?t=1\r\n\r\n#EXTINF:4,\nseg.ts?x=1&t=1\nhttps://cdn/s.ts?t=1\n#EXT-X-ENDLIST"
+	if got := string(media.AppendQuery([]byte(in), "t=1")); got != want {
+		t.Errorf("AppendQuery =\n%q\nwant\n%q", got, want)
+	}
+}
+
+// FuzzAppendQuery checks rewriting keeps every tag and line ending and gives every URI
+// line the query.
+func FuzzAppendQuery(f *testing.F) {
+	f.Add("#EXTM3U\n#EXTINF:4,\nseg_00000.ts\n#EXT-X-ENDLIST\n")
+	f.Add("#EXT-X-MAP:URI=\"a\",URI=\"b\nx")
+	f.Fuzz(func(t *testing.T, playlist string) {
+		out := string(media.AppendQuery([]byte(playlist), "token=T"))
+		in := strings.Split(playlist, "\n")
+		got := strings.Split(out, "\n")
+		if len(in) != len(got) {
+			t.Fatalf("line count %d → %d", len(in), len(got))
+		}
+		for i, line := range in {
+			trimmed := strings.TrimSpace(strings.TrimRight(line, "\r"))
+			switch {
+			case trimmed == "":
+				if got[i] != line {
+					t.Fatalf("blank line %q became %q", line, got[i])
+				}
+			case strings.HasPrefix(trimmed, "#"):
+				if strings.ReplaceAll(got[i], "?token=T", "") != strings.ReplaceAll(line, "?token=T", "") && !strings.Contains(line, "URI=") {
+					t.Fatalf("tag %q became %q", line, got[i])
+				}
+			default:
+				if !strings.Contains(got[i], "token=T") {
+					t.Fatalf("URI line %q became %q", line, got[i])
+				}
+			}
+		}
+	})
+}

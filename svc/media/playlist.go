@@ -128,3 +128,61 @@ func parseAttributes(list string) (map[string]string, error) {
 	}
 	return attrs, nil
 }
+
+// AppendQuery returns playlist (master or media) with query ("name=value", URL-safe)
+// added to every URI in it: the URI lines and the URI="..." attributes of tags such as
+// #EXT-X-MAP, #EXT-X-MEDIA and #EXT-X-KEY. Relative URIs resolve against the playlist's
+// own URL without its query, so this is how a query reaches the files a player fetches
+// next. Line endings are kept.
+func AppendQuery(playlist []byte, query string) []byte {
+	var b strings.Builder
+	b.Grow(len(playlist) + 64*len(query))
+	for line := range strings.Lines(string(playlist)) {
+		body := strings.TrimRight(line, "\r\n")
+		eol := line[len(body):]
+		trimmed := strings.TrimSpace(body)
+		switch {
+		case trimmed == "":
+			b.WriteString(body)
+		case strings.HasPrefix(trimmed, "#"):
+			writeTagWithQuery(&b, body, query)
+		default:
+			b.WriteString(withQuery(body, query))
+		}
+		b.WriteString(eol)
+	}
+	return []byte(b.String())
+}
+
+// writeTagWithQuery adds query to each URI="..." attribute of a tag line.
+func writeTagWithQuery(b *strings.Builder, line, query string) {
+	const attr = `URI="`
+	for {
+		i := strings.Index(line, attr)
+		if i < 0 {
+			break
+		}
+		// Only a whole attribute name: at the start of the list or after a comma.
+		start := i + len(attr)
+		end := strings.IndexByte(line[start:], '"')
+		if end < 0 || (i > 0 && line[i-1] != ':' && line[i-1] != ',') {
+			b.WriteString(line[:start])
+			line = line[start:]
+			continue
+		}
+		b.WriteString(line[:start])
+		b.WriteString(withQuery(line[start:start+end], query))
+		line = line[start+end:]
+	}
+	b.WriteString(line)
+}
+
+func withQuery(uri, query string) string {
+	if uri == "" {
+		return uri
+	}
+	if strings.Contains(uri, "?") {
+		return uri + "&" + query
+	}
+	return uri + "?" + query
+}

@@ -1,5 +1,6 @@
 // Package metadata is the MetadataService: the catalogue of videos, their state, media facts
-// and playback paths, kept in a Store (SQLite today) and announced on the event bus.
+// and playback paths, kept in a Store (SQLite, or PostgreSQL when configured) and announced
+// on the event bus.
 package metadata
 
 import (
@@ -7,8 +8,6 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
-	"os"
-	"path/filepath"
 	"time"
 
 	"connectrpc.com/connect"
@@ -50,12 +49,9 @@ type Service struct {
 var _ metadatav1connect.MetadataServiceHandler = (*Service)(nil)
 
 // Open opens the SQLite store in dataDir/metadata.db and returns the service. pub may be nil,
-// in which case no events are published.
+// in which case no events are published. OpenStore selects PostgreSQL instead.
 func Open(ctx context.Context, dataDir string, log *slog.Logger, pub Publisher) (*Service, error) {
-	if err := os.MkdirAll(dataDir, 0o750); err != nil {
-		return nil, fmt.Errorf("%w: create data dir: %w", ErrStore, err)
-	}
-	store, err := OpenSQLite(ctx, filepath.Join(dataDir, "metadata.db"))
+	store, err := OpenStore(ctx, Config{DataDir: dataDir}, log)
 	if err != nil {
 		return nil, err
 	}
@@ -139,9 +135,15 @@ func (s *Service) ListVideos(ctx context.Context, req *metadatav1.ListVideosRequ
 	if size <= 0 {
 		size = defaultPageSize
 	}
-	q := ListQuery{Limit: size + 1, Status: req.GetStatus()}
+	q, err := listQuery(req)
+	if err != nil {
+		return nil, s.toConnect(ctx, err)
+	}
+	// One row more than the page was asked for: it says whether another page exists
+	// without a second query.
+	q.Limit = size + 1
 	if tok := req.GetPageToken(); tok != "" {
-		c, err := decodePageToken(tok)
+		c, err := decodePageToken(tok, q)
 		if err != nil {
 			return nil, s.toConnect(ctx, err)
 		}
@@ -152,14 +154,37 @@ func (s *Service) ListVideos(ctx context.Context, req *metadatav1.ListVideosRequ
 		return nil, s.toConnect(ctx, err)
 	}
 	res := &metadatav1.ListVideosResponse{Videos: videos}
-	// One row more than the page was asked for: it says whether another page exists
-	// without a second query.
+	// The cursor is the last video's (create time, id), which never change: rows inserted
+	// while a client pages land before or after it, so no existing video is skipped or
+	// repeated.
 	if len(videos) > size {
 		res.Videos = videos[:size]
 		last := res.Videos[size-1]
-		res.NextPageToken = encodePageToken(Cursor{CreateTime: last.GetCreateTime().AsTime(), ID: last.GetId()})
+		res.NextPageToken = encodePageToken(Cursor{CreateTime: last.GetCreateTime().AsTime(), ID: last.GetId()}, q)
 	}
 	return res, nil
+}
+
+// listQuery turns the request's filters, search query and order into a ListQuery.
+func listQuery(req *metadatav1.ListVideosRequest) (ListQuery, error) {
+	q := ListQuery{
+		Status:     req.GetStatus(),
+		OwnerID:    req.GetOwnerId(),
+		Visibility: req.GetVisibility(),
+	}
+	if req.GetOrder() == metadatav1.VideoOrder_VIDEO_ORDER_OLDEST_FIRST {
+		q.Order = OldestFirst
+	}
+	if text := req.GetQuery(); text != "" {
+		q.Words = SearchWords(text)
+		switch {
+		case len(q.Words) == 0:
+			return q, fmt.Errorf("%w: query has no words (letters or digits)", ErrInvalid)
+		case len(q.Words) > maxQueryWords:
+			return q, fmt.Errorf("%w: query has %d words, at most %d are allowed", ErrInvalid, len(q.Words), maxQueryWords)
+		}
+	}
+	return q, nil
 }
 
 // updatable are the update_mask paths a caller may set; id, owner and times are not.
@@ -243,9 +268,13 @@ func checkMask(in *metadatav1.Video, paths []string) ([]string, error) {
 	return out, nil
 }
 
-// DeleteVideo implements MetadataServiceHandler.
+// DeleteVideo implements MetadataServiceHandler. It is a soft delete: the record is marked
+// deleted, so from now on GetVideo answers not_found and ListVideos and search skip it, and
+// playback that checks metadata stops at once. Removing the video's files (source, HLS
+// ladder, thumbnail) is the job of the file cleanup the worker runs on video.deleted,
+// whose subject id and payload carry the video id; the marked record stays for it.
 func (s *Service) DeleteVideo(ctx context.Context, req *metadatav1.DeleteVideoRequest) (*metadatav1.DeleteVideoResponse, error) {
-	if err := s.store.Delete(ctx, req.GetId()); err != nil {
+	if err := s.store.Delete(ctx, req.GetId(), s.timestamp()); err != nil {
 		return nil, s.toConnect(ctx, err)
 	}
 	s.log.InfoContext(ctx, "video.deleted", "video_id", req.GetId())
@@ -254,8 +283,9 @@ func (s *Service) DeleteVideo(ctx context.Context, req *metadatav1.DeleteVideoRe
 }
 
 // publish announces a change that is already committed. A failure is logged, not returned:
-// failing the RPC would make the caller retry a write that succeeded. Until the durable
-// outbox (a later issue) lands, an event can be lost while the bus is down.
+// failing the RPC would make the caller retry a write that succeeded. The platform gives
+// the service an events.Outbox, so a failure means the local outbox file refused the event;
+// a bus outage only delays it.
 func (s *Service) publish(ctx context.Context, ev *eventsv1.Event) {
 	if s.pub == nil {
 		return

@@ -9,8 +9,8 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
-	"path/filepath"
 	"slices"
+	"strings"
 	"testing"
 	"time"
 
@@ -40,21 +40,20 @@ func protocols() []struct {
 }
 
 type harness struct {
-	dir     string
 	bus     *events.Bus
+	store   metadata.Store
 	baseURL string
 	http    *http.Client
 }
 
-// newHarness starts a real NATS server with JetStream, opens the service on a SQLite file in
-// a temp dir and serves it over h2c on a loopback port.
-func newHarness(t *testing.T, pub func(*events.Bus) metadata.Publisher) *harness {
+// newHarness starts a real NATS server with JetStream, opens the service on a new store of
+// backend b and serves it over h2c on a loopback port.
+func newHarness(t *testing.T, b backend, pub func(*events.Bus) metadata.Publisher) *harness {
 	t.Helper()
 	ctx := t.Context()
 	log := slog.New(slog.DiscardHandler)
-	dir := t.TempDir()
 
-	ns, err := events.StartServer("127.0.0.1", -1, dir) // -1: a free port
+	ns, err := events.StartServer("127.0.0.1", -1, t.TempDir()) // -1: a free port
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -72,16 +71,10 @@ func newHarness(t *testing.T, pub func(*events.Bus) metadata.Publisher) *harness
 	if pub != nil {
 		p = pub(bus)
 	}
-	svc, err := metadata.Open(ctx, filepath.Join(dir, "data"), log, p)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() {
-		if err := svc.Close(); err != nil {
-			t.Error(err)
-		}
-	})
-	return &harness{dir: dir, bus: bus, baseURL: serve(t, svc), http: h2cClient(t)}
+	// openStore closes the store; the service's Close would close it a second time.
+	store := openStore(t, b.newConfig(t))
+	svc := metadata.New(store, log, p)
+	return &harness{bus: bus, store: store, baseURL: serve(t, svc), http: h2cClient(t)}
 }
 
 func serve(t *testing.T, p interface{ Mount(*rpc.Server) error }) string {
@@ -146,8 +139,8 @@ func subscribe(t *testing.T, h *harness, subject string) func() *eventsv1.Event 
 	}
 }
 
-func TestLifecyclePublishesEvents(t *testing.T) {
-	h := newHarness(t, nil)
+func testLifecyclePublishesEvents(t *testing.T, b backend) {
+	h := newHarness(t, b, nil)
 	created := subscribe(t, h, "reelway.events.video.created")
 	updated := subscribe(t, h, "reelway.events.video.updated")
 	deleted := subscribe(t, h, "reelway.events.video.deleted")
@@ -248,8 +241,8 @@ func TestLifecyclePublishesEvents(t *testing.T) {
 	}
 }
 
-func TestListPagination(t *testing.T) {
-	h := newHarness(t, nil)
+func testListPagination(t *testing.T, b backend) {
+	h := newHarness(t, b, nil)
 	ctx := t.Context()
 	c := h.client(nil)
 	var ids []string
@@ -332,11 +325,21 @@ func TestListPagination(t *testing.T) {
 	}
 }
 
-func TestBadInput(t *testing.T) {
-	h := newHarness(t, nil)
+func testBadInput(t *testing.T, b backend) {
+	h := newHarness(t, b, nil)
 	ctx := t.Context()
-	if _, err := h.client(nil).CreateVideo(ctx, &metadatav1.CreateVideoRequest{Video: &metadatav1.Video{Id: "exists", Title: "t"}}); err != nil {
+	for _, id := range []string{"exists", "exists2"} {
+		if _, err := h.client(nil).CreateVideo(ctx, &metadatav1.CreateVideoRequest{Video: &metadatav1.Video{Id: id, Title: "t"}}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	first, err := h.client(nil).ListVideos(ctx, &metadatav1.ListVideosRequest{PageSize: 1})
+	if err != nil {
 		t.Fatal(err)
+	}
+	token := first.GetNextPageToken()
+	if token == "" {
+		t.Fatal("no page token for two videos in pages of one")
 	}
 	mask := func(paths ...string) *fieldmaskpb.FieldMask { return &fieldmaskpb.FieldMask{Paths: paths} }
 	garbageToken := base64.RawURLEncoding.EncodeToString([]byte(`{"t":-1,"i":"x"}`))
@@ -388,6 +391,42 @@ func TestBadInput(t *testing.T) {
 		}, connect.CodeInvalidArgument},
 		{"list page size too big", func(c metadatav1connect.MetadataServiceClient) error {
 			_, err := c.ListVideos(ctx, &metadatav1.ListVideosRequest{PageSize: 501})
+			return err
+		}, connect.CodeInvalidArgument},
+		{"list query without words", func(c metadatav1connect.MetadataServiceClient) error {
+			_, err := c.ListVideos(ctx, &metadatav1.ListVideosRequest{Query: " ☕ -- !! "})
+			return err
+		}, connect.CodeInvalidArgument},
+		{"list query with too many words", func(c metadatav1connect.MetadataServiceClient) error {
+			_, err := c.ListVideos(ctx, &metadatav1.ListVideosRequest{Query: strings.Repeat("w ", 17)})
+			return err
+		}, connect.CodeInvalidArgument},
+		{"list query too long", func(c metadatav1connect.MetadataServiceClient) error {
+			_, err := c.ListVideos(ctx, &metadatav1.ListVideosRequest{Query: strings.Repeat("w", 257)})
+			return err
+		}, connect.CodeInvalidArgument},
+		{"list owner too long", func(c metadatav1connect.MetadataServiceClient) error {
+			_, err := c.ListVideos(ctx, &metadatav1.ListVideosRequest{OwnerId: strings.Repeat("o", 65)})
+			return err
+		}, connect.CodeInvalidArgument},
+		{"list undefined visibility", func(c metadatav1connect.MetadataServiceClient) error {
+			_, err := c.ListVideos(ctx, &metadatav1.ListVideosRequest{Visibility: 99})
+			return err
+		}, connect.CodeInvalidArgument},
+		{"list undefined order", func(c metadatav1connect.MetadataServiceClient) error {
+			_, err := c.ListVideos(ctx, &metadatav1.ListVideosRequest{Order: 99})
+			return err
+		}, connect.CodeInvalidArgument},
+		{"list undefined status", func(c metadatav1connect.MetadataServiceClient) error {
+			_, err := c.ListVideos(ctx, &metadatav1.ListVideosRequest{Status: -1})
+			return err
+		}, connect.CodeInvalidArgument},
+		{"list token with other order", func(c metadatav1connect.MetadataServiceClient) error {
+			_, err := c.ListVideos(ctx, &metadatav1.ListVideosRequest{PageToken: token, Order: metadatav1.VideoOrder_VIDEO_ORDER_OLDEST_FIRST})
+			return err
+		}, connect.CodeInvalidArgument},
+		{"list token with other filter", func(c metadatav1connect.MetadataServiceClient) error {
+			_, err := c.ListVideos(ctx, &metadatav1.ListVideosRequest{PageToken: token, Query: "t"})
 			return err
 		}, connect.CodeInvalidArgument},
 		{"update unknown mask path", func(c metadatav1connect.MetadataServiceClient) error {
@@ -444,8 +483,8 @@ func (failingPublisher) Publish(context.Context, *eventsv1.Event) error {
 	return errors.New("bus down")
 }
 
-func TestPublishFailureDoesNotFailWrites(t *testing.T) {
-	h := newHarness(t, func(*events.Bus) metadata.Publisher { return failingPublisher{} })
+func testPublishFailureDoesNotFailWrites(t *testing.T, b backend) {
+	h := newHarness(t, b, func(*events.Bus) metadata.Publisher { return failingPublisher{} })
 	ctx := t.Context()
 	c := h.client(nil)
 	if _, err := c.CreateVideo(ctx, &metadatav1.CreateVideoRequest{Video: &metadatav1.Video{Id: "v", Title: "t"}}); err != nil {
@@ -461,17 +500,22 @@ func TestPublishFailureDoesNotFailWrites(t *testing.T) {
 	}
 }
 
-func TestReopenKeepsVideos(t *testing.T) {
+func testReopenKeepsVideos(t *testing.T, b backend) {
 	ctx := t.Context()
-	dir := t.TempDir()
+	cfg := b.newConfig(t)
 	log := slog.New(slog.DiscardHandler)
-	svc, err := metadata.Open(ctx, dir, log, nil)
-	if err != nil {
-		t.Fatal(err)
+	open := func() *metadata.Service {
+		store, err := metadata.OpenStore(ctx, cfg, log) // migrations must not run twice
+		if err != nil {
+			t.Fatal(err)
+		}
+		return metadata.New(store, log, nil)
 	}
+	svc := open()
 	want, err := svc.CreateVideo(ctx, &metadatav1.CreateVideoRequest{Video: &metadatav1.Video{
 		Id: "keep", Title: "t", DurationSeconds: 12.345, Sha256: "ab" + fmt.Sprintf("%062d", 0),
 		Renditions: []*metadatav1.Rendition{{Name: "360p", Width: 640, Height: 360, Bandwidth: 800_000, PlaylistPath: "360p/index.m3u8", Codecs: "avc1.4d401e"}},
+		Tags:       []string{"kept"},
 	}})
 	if err != nil {
 		t.Fatal(err)
@@ -479,10 +523,7 @@ func TestReopenKeepsVideos(t *testing.T) {
 	if err := svc.Close(); err != nil {
 		t.Fatal(err)
 	}
-	svc, err = metadata.Open(ctx, dir, log, nil) // migrations must not run twice
-	if err != nil {
-		t.Fatal(err)
-	}
+	svc = open()
 	defer svc.Close()
 	got, err := svc.GetVideo(ctx, &metadatav1.GetVideoRequest{Id: "keep"})
 	if err != nil {
@@ -490,5 +531,12 @@ func TestReopenKeepsVideos(t *testing.T) {
 	}
 	if !proto.Equal(got.GetVideo(), want.GetVideo()) {
 		t.Fatalf("after reopen:\n got %v\nwant %v", got.GetVideo(), want.GetVideo())
+	}
+	found, err := svc.ListVideos(ctx, &metadatav1.ListVideosRequest{Query: "kept"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(found.GetVideos()) != 1 || !proto.Equal(found.GetVideos()[0], want.GetVideo()) {
+		t.Fatalf("search after reopen: %v", found.GetVideos())
 	}
 }

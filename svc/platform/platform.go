@@ -9,7 +9,9 @@ import (
 	"log/slog"
 	"net"
 	"os"
+	"path/filepath"
 
+	"github.com/prometheus/client_golang/prometheus"
 	"github.com/reelway/reelway/gateway"
 	"github.com/reelway/reelway/gen/reelway/auth/v1/authv1connect"
 	"github.com/reelway/reelway/gen/reelway/cache/v1/cachev1connect"
@@ -67,6 +69,9 @@ func Serve(ctx context.Context, cfg kernel.Config, log *slog.Logger) error {
 	if cfg.NATSURL == "" {
 		return ErrNoNATS
 	}
+	if cfg.ConsulAddr == "" {
+		log.Warn("registry.embedded", "hint", "REELWAY_CONSUL_ADDR is not set: this process uses a catalog of its own and other processes cannot find it")
+	}
 	reg, closeReg, err := newRegistry(cfg, log)
 	if err != nil {
 		return err
@@ -116,15 +121,64 @@ func Dev(ctx context.Context, cfg kernel.Config, log *slog.Logger, onReady func(
 	rt.OnReady = onReady
 	defer closeRuntime(rt, cfg, log)
 
-	g, gctx := errgroup.WithContext(ctx)
-	for _, service := range kernel.Services() {
-		plugins, err := build(ctx, rt, service)
-		if err != nil {
-			return err
-		}
-		g.Go(func() error { return rt.Serve(gctx, service, plugins...) })
+	return serveInTiers(ctx, rt)
+}
+
+// shutdownTiers is the order `reelway dev` stops its services in: the front door first, so
+// no new work arrives; then the services that call others, which finish their in-flight
+// requests while their dependencies still answer; the store last. Every service starts at
+// once: the gateway and pool route only to instances whose health check passes.
+func shutdownTiers() [][]string {
+	return [][]string{
+		{"gateway"},
+		{"upload", "worker", "monitor"},
+		{"streaming", "transcoder", "auth", "cache"},
+		{"metadata"},
 	}
-	return g.Wait()
+}
+
+func serveInTiers(ctx context.Context, rt *kernel.Runtime) error {
+	type tier struct {
+		stop context.CancelFunc
+		g    *errgroup.Group
+	}
+	// A service that fails stops the whole platform, in the same order.
+	failed, fail := context.WithCancel(ctx)
+	defer fail()
+	var tiers []tier
+	for _, names := range shutdownTiers() {
+		tctx, stop := context.WithCancel(context.WithoutCancel(ctx))
+		g := &errgroup.Group{}
+		for _, service := range names {
+			plugins, err := build(ctx, rt, service)
+			if err != nil {
+				stop()
+				fail()
+				for i := len(tiers) - 1; i >= 0; i-- {
+					tiers[i].stop()
+					_ = tiers[i].g.Wait()
+				}
+				return err
+			}
+			g.Go(func() error {
+				err := rt.Serve(tctx, service, plugins...)
+				if err != nil {
+					fail()
+				}
+				return err
+			})
+		}
+		tiers = append(tiers, tier{stop: stop, g: g})
+	}
+	<-failed.Done()
+	var errs []error
+	for _, t := range tiers {
+		t.stop()
+		if err := t.g.Wait(); err != nil {
+			errs = append(errs, err)
+		}
+	}
+	return errors.Join(errs...)
 }
 
 func closeRuntime(rt *kernel.Runtime, cfg kernel.Config, log *slog.Logger) {
@@ -133,6 +187,20 @@ func closeRuntime(rt *kernel.Runtime, cfg kernel.Config, log *slog.Logger) {
 	if err := rt.Close(ctx); err != nil {
 		log.Warn("runtime.close", "err", err)
 	}
+}
+
+// openOutbox opens the outbox a service publishes through, <data>/outbox/<service>.db, so
+// its events survive a NATS outage and a restart of the process.
+func openOutbox(ctx context.Context, rt *kernel.Runtime, service string, log *slog.Logger) (*events.Outbox, error) {
+	dir := filepath.Join(rt.Config.DataDir, "outbox")
+	if err := os.MkdirAll(dir, 0o750); err != nil {
+		return nil, fmt.Errorf("make outbox dir: %w", err)
+	}
+	ob, err := events.OpenOutbox(ctx, filepath.Join(dir, service+".db"), rt.Bus, log, events.OutboxConfig{})
+	if err != nil {
+		return nil, fmt.Errorf("open %s outbox: %w", service, err)
+	}
+	return ob, nil
 }
 
 func newRegistry(cfg kernel.Config, log *slog.Logger) (registry.Registry, func(), error) {
@@ -156,11 +224,16 @@ func build(ctx context.Context, rt *kernel.Runtime, service string) ([]kernel.Pl
 	}
 	switch service {
 	case "metadata":
-		svc, err := metadata.Open(ctx, cfg.DataDir, log, rt.Bus)
+		ob, err := openOutbox(ctx, rt, service, log)
 		if err != nil {
+			return nil, err
+		}
+		store, err := metadata.OpenStore(ctx, metadata.Config{DataDir: cfg.DataDir, DatabaseURL: string(cfg.DatabaseURL)}, log)
+		if err != nil {
+			_ = ob.Close()
 			return nil, fmt.Errorf("open metadata: %w", err)
 		}
-		return []kernel.Plugin{svc}, nil
+		return []kernel.Plugin{ob, metadata.New(store, log, ob)}, nil
 	case "cache":
 		return []kernel.Plugin{cache.New(log, 100_000)}, nil
 	case "auth":
@@ -170,18 +243,63 @@ func build(ctx context.Context, rt *kernel.Runtime, service string) ([]kernel.Pl
 		}
 		return []kernel.Plugin{svc}, nil
 	case "transcoder":
-		return []kernel.Plugin{transcoder.New(log, transcoder.Config{DataDir: cfg.DataDir}, rt.Bus)}, nil
+		ladder, err := transcoder.ParseLadder(cfg.TranscodeLadder)
+		if err != nil {
+			return nil, fmt.Errorf("REELWAY_TRANSCODE_LADDER: %w", err)
+		}
+		return []kernel.Plugin{transcoder.New(log, transcoder.Config{
+			DataDir:       cfg.DataDir,
+			Ladder:        ladder,
+			MaxConcurrent: cfg.TranscodeConcurrency,
+			JobTimeout:    cfg.TranscodeTimeout,
+		}, rt.Bus)}, nil
 	case "streaming":
-		return []kernel.Plugin{streaming.New(log, cfg.DataDir)}, nil
+		users := authv1connect.NewAuthServiceClient(pool.HTTPClient("auth"), rpc.BaseURL("auth"), pool.ClientOptions()...)
+		svc, err := streaming.New(log, streaming.Config{
+			DataDir:  cfg.DataDir,
+			Secret:   []byte(cfg.PlaybackSecret),
+			TokenTTL: cfg.PlaybackTokenTTL,
+		}, metadataClient(), users)
+		if err != nil {
+			return nil, fmt.Errorf("open streaming: %w", err)
+		}
+		return []kernel.Plugin{svc}, nil
 	case "upload":
-		return []kernel.Plugin{upload.New(log, upload.Config{DataDir: cfg.DataDir, MaxBytes: cfg.UploadMaxBytes}, rt.Bus, metadataClient())}, nil
+		ob, err := openOutbox(ctx, rt, service, log)
+		if err != nil {
+			return nil, err
+		}
+		return []kernel.Plugin{ob, upload.New(log, upload.Config{DataDir: cfg.DataDir, MaxBytes: cfg.UploadMaxBytes, Expiry: cfg.UploadExpiry}, ob, metadataClient())}, nil
 	case "worker":
+		ob, err := openOutbox(ctx, rt, service, log)
+		if err != nil {
+			return nil, err
+		}
 		tc := transcoderv1connect.NewTranscoderServiceClient(pool.HTTPClient("transcoder"), rpc.BaseURL("transcoder"), pool.ClientOptions()...)
-		return []kernel.Plugin{worker.New(log, worker.Config{}, rt.Bus.JetStream(), rt.Bus, metadataClient(), tc)}, nil
+		w, err := worker.Open(ctx, log, worker.Config{
+			DataDir:       cfg.DataDir,
+			MaxConcurrent: cfg.WorkerConcurrency,
+			MaxAttempts:   cfg.WorkerMaxAttempts,
+			RetryBackoff:  cfg.WorkerBackoff,
+			AckWait:       cfg.WorkerAckWait,
+			Grace:         cfg.ShutdownTimeout / 2,
+		}, rt.Bus, ob, metadataClient(), tc)
+		if err != nil {
+			_ = ob.Close()
+			return nil, fmt.Errorf("open worker: %w", err)
+		}
+		return []kernel.Plugin{ob, w}, nil
 	case "monitor":
 		return []kernel.Plugin{monitor.New(log, rt.Catalog)}, nil
 	case "gateway":
-		return []kernel.Plugin{gateway.New(log, rt.Catalog, ProtoServices())}, nil
+		reg := prometheus.NewRegistry()
+		// The gateway's /metrics also shows this process's NATS connection.
+		reg.MustRegister(events.Collectors(rt.Bus)...)
+		return []kernel.Plugin{gateway.New(log, rt.Catalog, ProtoServices(), gateway.Options{
+			Timeout:     cfg.GatewayTimeout,
+			CORSOrigins: cfg.CORSOrigins,
+			Metrics:     reg,
+		})}, nil
 	}
 	return nil, fmt.Errorf("%w: %q", ErrUnknownService, service)
 }

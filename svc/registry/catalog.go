@@ -3,6 +3,9 @@ package registry
 import (
 	"context"
 	"log/slog"
+	"maps"
+	"slices"
+	"strings"
 	"sync"
 	"time"
 )
@@ -31,7 +34,18 @@ func (c *Catalog) Run(ctx context.Context) error {
 	return c.reg.Watch(ctx, c.update)
 }
 
+// update installs a registry answer. The watch reports unchanged answers too (each one
+// is a sync that keeps Age low); only a real change rebuilds the tables and wakes Changed.
 func (c *Catalog) update(all []Instance) {
+	c.mu.RLock()
+	same := !c.synced.IsZero() && sameInstances(c.all, all)
+	c.mu.RUnlock()
+	if same {
+		c.mu.Lock()
+		c.synced = time.Now()
+		c.mu.Unlock()
+		return
+	}
 	byName := make(map[string][]Instance)
 	byProto := make(map[string][]Instance)
 	for _, in := range Passing(all) {
@@ -48,6 +62,21 @@ func (c *Catalog) update(all []Instance) {
 	close(c.changed)
 	c.changed = make(chan struct{})
 	c.mu.Unlock()
+}
+
+// sameInstances says whether two answers list the same instances in any order.
+func sameInstances(a, b []Instance) bool {
+	if len(a) != len(b) {
+		return false
+	}
+	byID := func(x, y Instance) int { return strings.Compare(x.ID, y.ID) }
+	a, b = slices.Clone(a), slices.Clone(b)
+	slices.SortFunc(a, byID)
+	slices.SortFunc(b, byID)
+	return slices.EqualFunc(a, b, func(x, y Instance) bool {
+		return x.ID == y.ID && x.Name == y.Name && x.Address == y.Address && x.Port == y.Port &&
+			x.Health == y.Health && slices.Equal(x.Tags, y.Tags) && maps.Equal(x.Meta, y.Meta)
+	})
 }
 
 // Resolve returns the passing instances of a registered service name.
@@ -85,7 +114,8 @@ func (c *Catalog) All() []Instance {
 	return append([]Instance(nil), c.all...)
 }
 
-// Age is how long ago the catalog last heard from the registry; zero before the first sync.
+// Age is how long ago the catalog last heard from the registry, changed or not; zero
+// before the first sync. It grows while the registry is unreachable.
 func (c *Catalog) Age() time.Duration {
 	c.mu.RLock()
 	defer c.mu.RUnlock()

@@ -109,8 +109,11 @@ func (m *Memory) notifyLocked() {
 	m.changed = make(chan struct{})
 }
 
-// Watch reports the instances now and on every change.
+// Watch reports the instances now, on every change, and every 10 s unchanged (a sync,
+// like a Consul blocking query that timed out).
 func (m *Memory) Watch(ctx context.Context, fn func([]Instance)) error {
+	t := time.NewTicker(10 * time.Second)
+	defer t.Stop()
 	for {
 		m.mu.Lock()
 		all := make([]Instance, 0, len(m.instances))
@@ -124,6 +127,7 @@ func (m *Memory) Watch(ctx context.Context, fn func([]Instance)) error {
 		case <-ctx.Done():
 			return ctx.Err()
 		case <-ch:
+		case <-t.C:
 		}
 	}
 }

@@ -3,6 +3,7 @@ package rpc
 import (
 	"context"
 	"errors"
+	"io"
 	"log/slog"
 	"net/http"
 	"time"
@@ -110,6 +111,15 @@ func (r *statusRecorder) Write(b []byte) (int, error) {
 
 // Unwrap lets http.ResponseController reach the underlying writer (flush, deadlines).
 func (r *statusRecorder) Unwrap() http.ResponseWriter { return r.ResponseWriter }
+
+// ReadFrom keeps the connection's sendfile path open to files served through the
+// recorder: http.ServeContent copies with io.CopyN, which only finds it via io.ReaderFrom.
+func (r *statusRecorder) ReadFrom(src io.Reader) (int64, error) {
+	if r.status == 0 {
+		r.status = http.StatusOK
+	}
+	return io.Copy(r.ResponseWriter, src)
+}
 
 // WithHTTPLogging gives a plain HTTP handler the same request id and log line as RPCs.
 func WithHTTPLogging(log *slog.Logger, h http.Handler) http.Handler {

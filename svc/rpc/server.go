@@ -8,6 +8,7 @@ import (
 	"log/slog"
 	"net/http"
 	"runtime/debug"
+	"slices"
 	"time"
 
 	"connectrpc.com/connect"
@@ -25,6 +26,7 @@ type Server struct {
 	opts     []connect.HandlerOption
 	status   func() any
 	reflectN []string
+	catchAll bool
 }
 
 // NewServer returns an empty server. status, if not nil, is rendered into /healthz.
@@ -33,9 +35,15 @@ func NewServer(log *slog.Logger, status func() any) *Server {
 	s.opts = []connect.HandlerOption{
 		connect.WithInterceptors(newLogInterceptor(log), validate.NewInterceptor()),
 		connect.WithRecover(s.recovered),
+		// A caller cannot make a service buffer an arbitrarily large message before
+		// validation sees it: upload chunks are at most 4 MiB, everything else is small.
+		connect.WithReadMaxBytes(MaxMessageBytes),
 	}
 	return s
 }
+
+// MaxMessageBytes caps one request message on every handler.
+const MaxMessageBytes = 8 << 20
 
 func (s *Server) recovered(ctx context.Context, spec connect.Spec, _ http.Header, p any) error {
 	s.log.ErrorContext(ctx, "rpc.panic", "procedure", spec.Procedure, "panic", fmt.Sprint(p), "stack", string(debug.Stack()))
@@ -60,6 +68,9 @@ func (s *Server) AddReflection(protoServices ...string) {
 
 // Handle adds a plain HTTP route; requests get a request id and a log line.
 func (s *Server) Handle(pattern string, h http.Handler) {
+	if pattern == "/" {
+		s.catchAll = true
+	}
 	s.mux.Handle(pattern, WithHTTPLogging(s.log, h))
 }
 
@@ -68,18 +79,41 @@ func (s *Server) ProtoServices() []string { return append([]string(nil), s.names
 
 // Handler returns the complete handler.
 func (s *Server) Handler() http.Handler {
-	reflector := grpcreflect.NewStaticReflector(s.reflectN...)
+	slices.Sort(s.reflectN)
+	reflector := grpcreflect.NewStaticReflector(slices.Compact(s.reflectN)...)
 	s.mux.Handle(grpcreflect.NewHandlerV1(reflector))
 	s.mux.Handle(grpcreflect.NewHandlerV1Alpha(reflector))
 	s.mux.Handle(grpchealth.NewHandler(grpchealth.NewStaticChecker(s.names...)))
 	s.mux.HandleFunc("GET /healthz", s.healthz)
+	if !s.catchAll {
+		s.mux.Handle("/", WithHTTPLogging(s.log, http.HandlerFunc(s.notFound)))
+	}
 	return s.mux
+}
+
+// notFound answers paths no route serves. An RPC to an unknown method gets unimplemented
+// in the caller's protocol rather than the mux's plain-text 404 page.
+func (s *Server) notFound(w http.ResponseWriter, r *http.Request) {
+	errw := connect.NewErrorWriter()
+	if r.Method == http.MethodPost && errw.IsSupported(r) {
+		_ = errw.Write(w, r, connect.NewError(connect.CodeUnimplemented, fmt.Errorf("%s is not implemented", r.URL.Path)))
+		return
+	}
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(http.StatusNotFound)
+	_, _ = fmt.Fprintf(w, "{\"code\":\"not_found\",\"message\":%q}\n", "no route for "+r.URL.Path)
 }
 
 func (s *Server) healthz(w http.ResponseWriter, _ *http.Request) {
 	body := map[string]any{"status": "ok"}
 	if s.status != nil {
-		body["detail"] = s.status()
+		detail := s.status()
+		body["detail"] = detail
+		// Still 200: every instance shares the same NATS, so failing the check would take
+		// reads down too. "degraded" tells operators that events are not flowing.
+		if d, ok := detail.(interface{ Degraded() bool }); ok && d.Degraded() {
+			body["status"] = "degraded"
+		}
 	}
 	w.Header().Set("Content-Type", "application/json")
 	_ = json.NewEncoder(w).Encode(body)

@@ -7,6 +7,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 
@@ -49,7 +50,8 @@ func TestRealTranscode(t *testing.T) {
 			t.Fatalf("%s: %v", proto, err)
 		}
 		if pb.GetMasterUrl() != "/v1/hls/real/master.m3u8" || pb.GetThumbnailUrl() != "/v1/hls/real/thumbnail.jpg" ||
-			len(pb.GetVariantUrls()) != 1 || pb.GetVariantUrls()[0] != "/v1/hls/real/360p/index.m3u8" {
+			pb.GetPosterUrl() != "/v1/hls/real/poster.jpg" || pb.GetDownloadUrl() != "/v1/hls/real/download.mp4" ||
+			!slices.Equal(pb.GetVariantUrls(), []string{"/v1/hls/real/240p/index.m3u8", "/v1/hls/real/360p/index.m3u8"}) {
 			t.Fatalf("%s: GetPlayback = %v", proto, pb)
 		}
 	}
@@ -67,6 +69,9 @@ func TestRealTranscode(t *testing.T) {
 		t.Errorf("master playlist lacks CODECS:\n%s", master)
 	}
 	variant := fetch("/v1/hls/real/360p/index.m3u8", "application/vnd.apple.mpegurl")
+	if mp4 := fetch("/v1/hls/real/download.mp4", "video/mp4"); !bytes.Contains(mp4[:64], []byte("ftyp")) {
+		t.Error("download is not an MP4")
+	}
 	if !bytes.Contains(variant, []byte("#EXT-X-ENDLIST")) {
 		t.Errorf("variant playlist is not finished:\n%s", variant)
 	}

@@ -12,6 +12,7 @@ import (
 	"slices"
 	"strings"
 	"testing"
+	"time"
 
 	"connectrpc.com/connect"
 	streamingv1 "github.com/reelway/reelway/gen/reelway/streaming/v1"
@@ -106,12 +107,35 @@ type server struct {
 
 func newServer(t *testing.T, dataDir string) server {
 	t.Helper()
-	log := slog.New(rpc.LogHandler{Handler: slog.NewTextHandler(io.Discard, nil)})
-	if testing.Verbose() {
-		log = slog.New(rpc.LogHandler{Handler: slog.NewTextHandler(os.Stderr, nil)})
+	return newServerWith(t, dataDir, options{})
+}
+
+// options change what newServerWith builds; zero fields get test defaults.
+type options struct {
+	videos *fakeVideos // default: every video public
+	users  streaming.Users
+	now    func() time.Time
+	logs   io.Writer
+}
+
+func newServerWith(t *testing.T, dataDir string, o options) server {
+	t.Helper()
+	if o.videos == nil {
+		o.videos = &fakeVideos{public: true}
 	}
+	if o.logs == nil {
+		o.logs = io.Discard
+		if testing.Verbose() {
+			o.logs = os.Stderr
+		}
+	}
+	log := slog.New(rpc.LogHandler{Handler: slog.NewTextHandler(o.logs, &slog.HandlerOptions{Level: slog.LevelDebug})})
 	srv := rpc.NewServer(log, nil)
-	if err := streaming.New(log, dataDir).Mount(srv); err != nil {
+	svc, err := streaming.New(log, streaming.Config{DataDir: dataDir, Secret: testSecret, Now: o.now}, o.videos, o.users)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := svc.Mount(srv); err != nil {
 		t.Fatal(err)
 	}
 	ts := httptest.NewUnstartedServer(srv.Handler())
@@ -128,6 +152,17 @@ func newServer(t *testing.T, dataDir string) server {
 			"grpc":    streamingv1connect.NewStreamingServiceClient(ts.Client(), ts.URL, connect.WithGRPC()),
 		},
 	}
+}
+
+// newService builds the service alone, for driving its handler or methods directly.
+func newService(t *testing.T, dataDir string) *streaming.Service {
+	t.Helper()
+	svc, err := streaming.New(slog.New(slog.NewTextHandler(io.Discard, nil)), streaming.Config{DataDir: dataDir, Secret: testSecret},
+		&fakeVideos{public: true}, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return svc
 }
 
 // do sends path exactly as written (no client-side cleaning or re-encoding).
@@ -310,7 +345,7 @@ func TestTraversal(t *testing.T) {
 // literal "..", to show the handler refuses it on its own.
 func TestHandlerRefusesDotDot(t *testing.T) {
 	tr := newTree(t)
-	h := streaming.New(slog.New(slog.NewTextHandler(io.Discard, nil)), tr.dataDir).FileHandler()
+	h := newService(t, tr.dataDir).FileHandler()
 	for _, p := range []string{
 		"/v1/hls/vid1/../../secret.ts",
 		"/v1/hls/vid1/360p/../../other/360p/seg_00000.ts",
@@ -396,7 +431,7 @@ func TestGetPlayback(t *testing.T) {
 
 // TestGetPlaybackChecksID calls the service directly, bypassing protovalidate.
 func TestGetPlaybackChecksID(t *testing.T) {
-	svc := streaming.New(slog.New(slog.NewTextHandler(io.Discard, nil)), newTree(t).dataDir)
+	svc := newService(t, newTree(t).dataDir)
 	for _, id := range []string{"..", "../hls/vid1", "a/b", ".tmp-vid1-abc"} {
 		_, err := svc.GetPlayback(t.Context(), &streamingv1.GetPlaybackRequest{VideoId: id})
 		if connect.CodeOf(err) != connect.CodeInvalidArgument {

@@ -3,9 +3,9 @@ package transcoder
 import "fmt"
 
 // PlanLadder exposes the ladder choice to table tests as "name:WxH" strings.
-func PlanLadder(width, height int, aspect float64) []string {
+func PlanLadder(ladder []Rung, width, height int, aspect float64) []string {
 	var out []string
-	for _, r := range planLadder(probeResult{Width: width, Height: height, Aspect: aspect}) {
+	for _, r := range planLadder(probeResult{Width: width, Height: height, Aspect: aspect}, ladder) {
 		out = append(out, fmt.Sprintf("%s:%dx%d", r.Name, r.Width, r.Height))
 	}
 	return out
@@ -15,3 +15,11 @@ func PlanLadder(width, height int, aspect float64) []string {
 func AVCCodecs(profile string, level int, hasAudio bool) string {
 	return avcCodecs(profile, level, hasAudio)
 }
+
+// ThumbnailSize exposes the thumbnail's fit into its box.
+func ThumbnailSize(width, height int, aspect float64) (int, int) {
+	return thumbnailSize(probeResult{Width: width, Height: height, Aspect: aspect})
+}
+
+// OutputFPS exposes the renditions' frame rate for a source's average rate.
+func OutputFPS(fps float64) float64 { return outputFPS(probeResult{FPS: fps}) }

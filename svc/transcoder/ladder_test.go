@@ -1,6 +1,7 @@
 package transcoder_test
 
 import (
+	"errors"
 	"slices"
 	"testing"
 
@@ -8,29 +9,97 @@ import (
 )
 
 func TestPlanLadder(t *testing.T) {
+	std := transcoder.StandardLadder()
+	three, err := transcoder.ParseLadder("1080p,360p,720p")
+	if err != nil {
+		t.Fatal(err)
+	}
 	tests := []struct {
 		name          string
+		ladder        []transcoder.Rung
 		width, height int
 		aspect        float64
 		want          []string
 	}{
-		{"720p source", 1280, 720, 16.0 / 9, []string{"360p:640x360", "720p:1280x720"}},
-		{"1080p source", 1920, 1080, 16.0 / 9, []string{"360p:640x360", "720p:1280x720", "1080p:1920x1080"}},
-		{"4k source is not upscaled past 1080p", 3840, 2160, 16.0 / 9, []string{"360p:640x360", "720p:1280x720", "1080p:1920x1080"}},
-		{"between rungs", 854, 480, 854.0 / 480, []string{"360p:640x360"}},
-		{"4:3 source", 640, 480, 4.0 / 3, []string{"360p:480x360"}},
-		{"under 360 lines gets 240p", 426, 240, 426.0 / 240, []string{"240p:426x240"}},
-		{"tiny source keeps its size", 160, 121, 160.0 / 121, []string{"120p:158x120"}},
-		{"portrait short side", 1080, 1920, 1080.0 / 1920, []string{"360p:360x640", "720p:720x1280", "1080p:1080x1920"}},
-		{"anamorphic uses display aspect", 720, 576, 16.0 / 9, []string{"360p:640x360"}},
+		{"720p source", std, 1280, 720, 16.0 / 9, []string{"240p:426x240", "360p:640x360", "480p:854x480", "720p:1280x720"}},
+		{"1080p source", std, 1920, 1080, 16.0 / 9, []string{"240p:426x240", "360p:640x360", "480p:854x480", "720p:1280x720", "1080p:1920x1080"}},
+		{"4k source is not upscaled past the top rung", three, 3840, 2160, 16.0 / 9, []string{"360p:640x360", "720p:1280x720", "1080p:1920x1080"}},
+		{"between rungs", three, 854, 480, 854.0 / 480, []string{"360p:640x360"}},
+		{"4:3 source", std, 640, 480, 4.0 / 3, []string{"240p:320x240", "360p:480x360", "480p:640x480"}},
+		{"odd size", std, 641, 361, 641.0 / 361, []string{"240p:426x240", "360p:640x360"}},
+		{"under the lowest rung keeps its size", std, 160, 121, 160.0 / 121, []string{"120p:158x120"}},
+		{"under the lowest configured rung", three, 426, 240, 426.0 / 240, []string{"240p:426x240"}},
+		{"portrait phone video uses the short side", std, 720, 1280, 720.0 / 1280, []string{"240p:240x426", "360p:360x640", "480p:480x854", "720p:720x1280"}},
+		{"portrait 1080p", three, 1080, 1920, 1080.0 / 1920, []string{"360p:360x640", "720p:720x1280", "1080p:1080x1920"}},
+		{"anamorphic uses display aspect", three, 720, 576, 16.0 / 9, []string{"360p:640x360"}},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			got := transcoder.PlanLadder(tt.width, tt.height, tt.aspect)
+			got := transcoder.PlanLadder(tt.ladder, tt.width, tt.height, tt.aspect)
 			if !slices.Equal(got, tt.want) {
 				t.Fatalf("PlanLadder(%d, %d) = %v, want %v", tt.width, tt.height, got, tt.want)
 			}
 		})
+	}
+}
+
+func TestParseLadder(t *testing.T) {
+	tests := []struct {
+		spec    string
+		want    []transcoder.Rung
+		wantErr bool
+	}{
+		{spec: "", want: transcoder.StandardLadder()},
+		{spec: "720p, 360p", want: []transcoder.Rung{{Name: "360p", Short: 360, VideoBitrate: 800_000}, {Name: "720p", Short: 720, VideoBitrate: 2_800_000}}},
+		{spec: "720p=3000k,2160p=16M,144p=200000", want: []transcoder.Rung{
+			{Name: "144p", Short: 144, VideoBitrate: 200_000}, {Name: "720p", Short: 720, VideoBitrate: 3_000_000}, {Name: "2160p", Short: 2160, VideoBitrate: 16_000_000}}},
+		{spec: "1440p", wantErr: true}, // not standard: needs a bitrate
+		{spec: "720", wantErr: true},
+		{spec: "hd", wantErr: true},
+		{spec: "720p,720p", wantErr: true},
+		{spec: "720p=", wantErr: true},
+		{spec: "720p=-5k", wantErr: true},
+		{spec: "720p=99999999M", wantErr: true},
+		{spec: "0p=100k", wantErr: true},
+		{spec: "360p,,720p", wantErr: true},
+	}
+	for _, tt := range tests {
+		got, err := transcoder.ParseLadder(tt.spec)
+		if tt.wantErr {
+			if !errors.Is(err, transcoder.ErrLadder) {
+				t.Errorf("ParseLadder(%q) = %v, %v; want ErrLadder", tt.spec, got, err)
+			}
+			continue
+		}
+		if err != nil || !slices.Equal(got, tt.want) {
+			t.Errorf("ParseLadder(%q) = %v, %v; want %v", tt.spec, got, err, tt.want)
+		}
+	}
+}
+
+func TestThumbnailSize(t *testing.T) {
+	tests := []struct {
+		width, height int
+		aspect        float64
+		w, h          int
+	}{
+		{1920, 1080, 16.0 / 9, 640, 360},
+		{720, 1280, 720.0 / 1280, 360, 640},
+		{320, 240, 4.0 / 3, 320, 240},
+		{641, 361, 641.0 / 361, 640, 360},
+	}
+	for _, tt := range tests {
+		if w, h := transcoder.ThumbnailSize(tt.width, tt.height, tt.aspect); w != tt.w || h != tt.h {
+			t.Errorf("ThumbnailSize(%dx%d) = %dx%d, want %dx%d", tt.width, tt.height, w, h, tt.w, tt.h)
+		}
+	}
+}
+
+func TestOutputFPS(t *testing.T) {
+	for in, want := range map[float64]float64{0: 30, 29.97: 29.97, 60: 60, 120: 60, 240: 60, 100: 50, 12: 12} {
+		if got := transcoder.OutputFPS(in); got != want {
+			t.Errorf("OutputFPS(%v) = %v, want %v", in, got, want)
+		}
 	}
 }
 

@@ -32,6 +32,10 @@ type probeResult struct {
 	VideoCodec string
 	AudioCodec string
 	HasAudio   bool
+	// Size is the source file's size in bytes and BitRate its overall bits per second
+	// (0 when ffprobe cannot tell).
+	Size    int64
+	BitRate int64
 }
 
 // ffprobeOutput is the subset of `ffprobe -print_format json -show_format -show_streams`
@@ -54,6 +58,8 @@ type ffprobeOutput struct {
 	} `json:"streams"`
 	Format struct {
 		Duration string `json:"duration"`
+		Size     string `json:"size"`
+		BitRate  string `json:"bit_rate"`
 	} `json:"format"`
 }
 
@@ -146,6 +152,9 @@ func parseProbe(out ffprobeOutput) (probeResult, error) {
 	if p.Duration <= 0 {
 		return probeResult{}, fmt.Errorf("%w: unknown duration", ErrUndecodable)
 	}
+	p.Size, _ = strconv.ParseInt(out.Format.Size, 10, 64)
+	p.BitRate, _ = strconv.ParseInt(out.Format.BitRate, 10, 64)
+	p.Size, p.BitRate = max(p.Size, 0), max(p.BitRate, 0)
 	return p, nil
 }
 

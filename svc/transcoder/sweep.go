@@ -53,7 +53,7 @@ func (s *Service) sweep(ctx context.Context, cutoff time.Time) {
 				continue
 			}
 		}
-		if i := strings.LastIndexByte(rest, '-'); i > 0 && s.isRunning(rest[:i]) {
+		if i := strings.LastIndexByte(rest, '-'); i > 0 && s.jobs.isRunning(rest[:i]) {
 			continue
 		}
 		info, err := e.Info()
@@ -66,11 +66,4 @@ func (s *Service) sweep(ctx context.Context, cutoff time.Time) {
 		}
 		s.log.InfoContext(ctx, "sweep.removed", "dir", name, "modified", info.ModTime())
 	}
-}
-
-func (s *Service) isRunning(id string) bool {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	_, ok := s.running[id]
-	return ok
 }

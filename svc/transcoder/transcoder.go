@@ -1,13 +1,14 @@
 // Package transcoder is the TranscoderService: it probes uploaded sources with ffprobe and
-// turns them into an HLS ladder (renditions, master playlist, thumbnail) with one ffmpeg
-// run per video.
+// turns them into an HLS ladder (renditions and master playlist, with one ffmpeg run that
+// decodes the source once), a poster, a thumbnail and a progressive MP4 download, and
+// reports the progress of the transcodes it runs.
 package transcoder
 
 import (
 	"context"
 	"errors"
 	"log/slog"
-	"sync"
+	"slices"
 	"time"
 
 	"connectrpc.com/connect"
@@ -30,6 +31,8 @@ var (
 	ErrUndecodable = errors.New("transcoder: source is not a decodable video")
 	// ErrBusy reports a second transcode of a video whose transcode is still running.
 	ErrBusy = errors.New("transcoder: transcode already running")
+	// ErrTimeout reports a transcode killed for running longer than Config.JobTimeout.
+	ErrTimeout = errors.New("transcoder: job timeout")
 )
 
 // eventSource names this service in the events it publishes.
@@ -56,6 +59,11 @@ type Config struct {
 	// ProgressInterval is the least time between two transcode.progress events of one
 	// transcode (default 1s).
 	ProgressInterval time.Duration
+	// Ladder is the set of rungs renditions are chosen from (default StandardLadder).
+	Ladder []Rung
+	// JobTimeout bounds one transcode from the moment it gets an ffmpeg slot (default
+	// 2h); when it passes, ffmpeg is killed and the partial output removed.
+	JobTimeout time.Duration
 }
 
 // Service implements TranscoderService.
@@ -64,9 +72,8 @@ type Service struct {
 	cfg Config
 	pub Publisher
 	sem chan struct{}
-
-	mu      sync.Mutex
-	running map[string]struct{}
+	// jobs tracks the transcodes running in this process and recent final states.
+	jobs *tracker
 }
 
 var _ transcoderv1connect.TranscoderServiceHandler = (*Service)(nil)
@@ -87,12 +94,20 @@ func New(log *slog.Logger, cfg Config, pub Publisher) *Service {
 	if cfg.ProgressInterval <= 0 {
 		cfg.ProgressInterval = time.Second
 	}
+	if len(cfg.Ladder) == 0 {
+		cfg.Ladder = StandardLadder()
+	}
+	cfg.Ladder = slices.Clone(cfg.Ladder)
+	slices.SortFunc(cfg.Ladder, func(a, b Rung) int { return a.Short - b.Short })
+	if cfg.JobTimeout <= 0 {
+		cfg.JobTimeout = 2 * time.Hour
+	}
 	return &Service{
-		log:     log,
-		cfg:     cfg,
-		pub:     pub,
-		sem:     make(chan struct{}, cfg.MaxConcurrent),
-		running: make(map[string]struct{}),
+		log:  log,
+		cfg:  cfg,
+		pub:  pub,
+		sem:  make(chan struct{}, cfg.MaxConcurrent),
+		jobs: newTracker(),
 	}
 }
 
@@ -120,6 +135,9 @@ func (s *Service) Probe(ctx context.Context, req *transcoderv1.ProbeRequest) (*t
 		VideoCodec:      p.VideoCodec,
 		AudioCodec:      p.AudioCodec,
 		HasAudio:        p.HasAudio,
+		SizeBytes:       p.Size,
+		FrameRate:       p.FPS,
+		BitRate:         p.BitRate,
 	}, nil
 }
 
@@ -130,26 +148,42 @@ func (s *Service) Transcode(ctx context.Context, req *transcoderv1.TranscodeRequ
 	if err != nil {
 		return nil, s.toConnect(ctx, err)
 	}
-	release, err := s.claim(id)
+	// A second transcode of the same video fails fast instead of queueing behind the
+	// semaphore: two runs would race on the same output.
+	if err := s.jobs.start(id, req.GetJobId()); err != nil {
+		return nil, s.toConnect(ctx, err)
+	}
+	res, err := s.transcodeSource(ctx, id, req.GetJobId(), src)
+	s.jobs.finish(id, err)
 	if err != nil {
 		return nil, s.toConnect(ctx, err)
 	}
-	defer release()
+	return res, nil
+}
 
+func (s *Service) transcodeSource(ctx context.Context, id, jobID, src string) (*transcoderv1.TranscodeResponse, error) {
 	p, err := s.probe(ctx, src)
 	if err != nil {
-		return nil, s.toConnect(ctx, err)
+		return nil, err
 	}
-	out, err := s.transcode(ctx, id, req.GetJobId(), src, p)
+	out, err := s.transcode(ctx, id, jobID, src, p)
 	if err != nil {
-		return nil, s.toConnect(ctx, err)
+		return nil, err
 	}
 	res := &transcoderv1.TranscodeResponse{
 		MasterPlaylist:  media.MasterPlaylist,
 		Thumbnail:       media.Thumbnail,
+		Poster:          media.Poster,
+		Download:        media.Download,
 		DurationSeconds: p.Duration,
 		Width:           int32(p.Width),
 		Height:          int32(p.Height),
+		VideoCodec:      p.VideoCodec,
+		AudioCodec:      p.AudioCodec,
+		HasAudio:        p.HasAudio,
+		SizeBytes:       p.Size,
+		FrameRate:       p.FPS,
+		BitRate:         p.BitRate,
 	}
 	for _, r := range out {
 		res.Renditions = append(res.Renditions, &metadatav1.Rendition{
@@ -162,22 +196,6 @@ func (s *Service) Transcode(ctx context.Context, req *transcoderv1.TranscodeRequ
 		})
 	}
 	return res, nil
-}
-
-// claim marks id as being transcoded; the returned func releases it. A second claim fails
-// fast instead of queueing behind the semaphore: two runs would race on the same output.
-func (s *Service) claim(id string) (func(), error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	if _, ok := s.running[id]; ok {
-		return nil, ErrBusy
-	}
-	s.running[id] = struct{}{}
-	return func() {
-		s.mu.Lock()
-		delete(s.running, id)
-		s.mu.Unlock()
-	}, nil
 }
 
 // acquire takes an ffmpeg slot, or gives up when ctx ends.
@@ -198,6 +216,8 @@ func (s *Service) acquire(ctx context.Context) (func(), error) {
 //     only a new upload (not a corrected request or a retry) can change that. Callers treat
 //     it as permanent;
 //   - ErrBusy → aborted (a concurrency conflict; retry once the running transcode ends);
+//   - ErrTimeout → deadline_exceeded, like a caller's own deadline: ffmpeg was killed
+//     and nothing was kept; a retry on a less loaded machine may pass;
 //   - context errors → canceled / deadline_exceeded;
 //   - anything else → internal, logged here.
 func (s *Service) toConnect(ctx context.Context, err error) error {
@@ -210,6 +230,8 @@ func (s *Service) toConnect(ctx context.Context, err error) error {
 		return connect.NewError(connect.CodeFailedPrecondition, err)
 	case errors.Is(err, ErrBusy):
 		return connect.NewError(connect.CodeAborted, err)
+	case errors.Is(err, ErrTimeout):
+		return connect.NewError(connect.CodeDeadlineExceeded, err)
 	case errors.Is(err, context.Canceled):
 		return connect.NewError(connect.CodeCanceled, err)
 	case errors.Is(err, context.DeadlineExceeded):

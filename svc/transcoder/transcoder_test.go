@@ -36,6 +36,11 @@ type clips struct {
 	silent  string // 640x360, 2 s, no audio
 	rotated string // the av clip flagged as rotated by 90°
 	audio   string // sound only
+	hd      string // 1920x1080, 2 s, H.264 + AAC
+	phone   string // 1280x720 stored, rotated by 90°: a 720x1280 portrait phone video, 2 s
+	vfr     string // 640x360, 3 s, variable frame rate, with sound
+	short   string // 320x240, 0.5 s, with sound
+	odd     string // 321x241, 1 s, with sound
 	skip    string // why the media tests cannot run, or ""
 }
 
@@ -65,6 +70,11 @@ func makeClips(dir string) (clips, error) {
 		silent:  filepath.Join(dir, "silent.mp4"),
 		rotated: filepath.Join(dir, "rotated.mp4"),
 		audio:   filepath.Join(dir, "audio.m4a"),
+		hd:      filepath.Join(dir, "hd.mp4"),
+		phone:   filepath.Join(dir, "phone.mp4"),
+		vfr:     filepath.Join(dir, "vfr.mp4"),
+		short:   filepath.Join(dir, "short.mp4"),
+		odd:     filepath.Join(dir, "odd.mp4"),
 	}
 	if _, err := exec.LookPath("ffmpeg"); err != nil {
 		c.skip = "ffmpeg not installed"
@@ -78,6 +88,21 @@ func makeClips(dir string) (clips, error) {
 			"-pix_fmt", "yuv420p", "-f", "mp4", c.silent},
 		{"-i", c.av, "-c", "copy", "-metadata:s:v:0", "rotate=90", "-f", "mp4", c.rotated},
 		{"-f", "lavfi", "-i", "sine=frequency=440:sample_rate=48000", "-t", "1", "-c:a", "aac", "-f", "mp4", c.audio},
+		{"-f", "lavfi", "-i", "testsrc2=size=1920x1080:rate=30", "-f", "lavfi", "-i", "sine=frequency=440:sample_rate=44100",
+			"-t", "2", "-c:v", "libx264", "-preset", "ultrafast", "-pix_fmt", "yuv420p", "-c:a", "aac", "-shortest", "-f", "mp4", c.hd},
+		{"-f", "lavfi", "-i", "testsrc=size=1280x720:rate=30", "-f", "lavfi", "-i", "sine=frequency=300:sample_rate=48000",
+			"-t", "2", "-c:v", "libx264", "-preset", "ultrafast", "-pix_fmt", "yuv420p", "-c:a", "aac", "-shortest",
+			"-f", "mp4", c.phone + ".raw"},
+		// ffmpeg sets the display matrix only when copying, as a phone's camera app would.
+		{"-i", c.phone + ".raw", "-c", "copy", "-metadata:s:v:0", "rotate=90", "-f", "mp4", c.phone},
+		// Frames at irregular intervals: two of every five dropped, timestamps kept.
+		{"-f", "lavfi", "-i", "testsrc=size=640x360:rate=30", "-f", "lavfi", "-i", "sine=frequency=500:sample_rate=48000",
+			"-t", "3", "-vf", "select='lt(mod(n\\,5)\\,3)'", "-fps_mode", "vfr", "-c:v", "libx264", "-preset", "ultrafast",
+			"-pix_fmt", "yuv420p", "-c:a", "aac", "-shortest", "-f", "mp4", c.vfr},
+		{"-f", "lavfi", "-i", "testsrc=size=320x240:rate=25", "-f", "lavfi", "-i", "sine=frequency=600:sample_rate=48000",
+			"-t", "0.5", "-c:v", "libx264", "-preset", "ultrafast", "-pix_fmt", "yuv420p", "-c:a", "aac", "-f", "mp4", c.short},
+		{"-f", "lavfi", "-i", "testsrc=size=321x241:rate=30", "-f", "lavfi", "-i", "sine=frequency=700:sample_rate=22050:duration=1",
+			"-t", "1", "-c:v", "libx264", "-preset", "ultrafast", "-pix_fmt", "yuv444p", "-c:a", "aac", "-ac", "1", "-f", "mp4", c.odd},
 	}
 	for _, args := range cmds {
 		out, err := exec.Command("ffmpeg", append([]string{"-nostdin", "-v", "error", "-y"}, args...)...).CombinedOutput()
@@ -319,7 +344,7 @@ func TestTranscode(t *testing.T) {
 		name          string
 		width, height int32
 	}
-	wants := []want{{"360p", 640, 360}, {"720p", 1280, 720}}
+	wants := []want{{"240p", 426, 240}, {"360p", 640, 360}, {"480p", 854, 480}, {"720p", 1280, 720}}
 	if len(res.GetRenditions()) != len(wants) {
 		t.Fatalf("renditions = %v, want %v", res.GetRenditions(), wants)
 	}
@@ -366,14 +391,17 @@ func TestTranscodeSilentReplaces(t *testing.T) {
 		if err != nil {
 			t.Fatalf("run %d: %v", run, err)
 		}
-		if len(res.GetRenditions()) != 1 || res.GetRenditions()[0].GetName() != "360p" {
-			t.Fatalf("run %d: renditions = %v, want one 360p", run, res.GetRenditions())
+		if len(res.GetRenditions()) != 2 || res.GetRenditions()[1].GetName() != "360p" {
+			t.Fatalf("run %d: renditions = %v, want 240p and 360p", run, res.GetRenditions())
 		}
 		if c := res.GetRenditions()[0].GetCodecs(); !strings.HasPrefix(c, "avc1.") || strings.Contains(c, "mp4a") {
 			t.Errorf("run %d: codecs = %q, want video only", run, c)
 		}
-		variants := checkMaster(t, dir, 1)
-		checkVariant(t, filepath.Join(dir, filepath.FromSlash(variants[0].URI)), false)
+		if res.GetHasAudio() || res.GetAudioCodec() != "" {
+			t.Errorf("run %d: has_audio/audio_codec = %v/%q for a silent source", run, res.GetHasAudio(), res.GetAudioCodec())
+		}
+		variants := checkMaster(t, dir, 2)
+		checkVariant(t, filepath.Join(dir, filepath.FromSlash(variants[1].URI)), false)
 		checkThumbnail(t, filepath.Join(dir, "thumbnail.jpg"), 640, 360)
 		if left := e.hlsEntries(t); len(left) != 1 || left[0] != "quiet" {
 			t.Errorf("run %d: HLS root holds %v, want only quiet", run, left)
@@ -499,6 +527,12 @@ func checkMaster(t *testing.T, dir string, n int) []media.Variant {
 	for i, v := range variants {
 		if v.Bandwidth <= 0 || v.Width <= 0 || v.Height <= 0 || v.Codecs == "" {
 			t.Errorf("variant %d lacks BANDWIDTH/RESOLUTION/CODECS: %+v\n%s", i, v, raw)
+		}
+	}
+	// Media playlist tags have no place in a master playlist (RFC 8216 §4.1).
+	for _, tag := range []string{"#EXT-X-PLAYLIST-TYPE", "#EXT-X-ENDLIST", "#EXTINF", "#EXT-X-TARGETDURATION"} {
+		if strings.Contains(string(raw), tag) {
+			t.Errorf("master playlist carries %s:\n%s", tag, raw)
 		}
 	}
 	return variants

@@ -68,8 +68,8 @@ func (s *Service) store(ctx context.Context, meta *uploadv1.UploadMetadata, r io
 	log := s.log.With("video_id", id)
 
 	if err := s.pub.Publish(ctx, events.UploadStarted(Source, id, meta.GetFilename())); err != nil {
-		// Without the bus the completed event cannot go out either; refuse before the
-		// caller sends the whole file.
+		// An event that cannot be kept means the completed one could not be either;
+		// refuse before the caller sends the whole file.
 		return nil, fmt.Errorf("%w: publish upload.started: %w", ErrUnavailable, err)
 	}
 	log.InfoContext(ctx, "upload.started", "filename", meta.GetFilename(), "title", meta.GetTitle())

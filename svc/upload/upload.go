@@ -8,6 +8,7 @@ import (
 	"context"
 	"errors"
 	"log/slog"
+	"time"
 
 	"connectrpc.com/connect"
 	eventsv1 "github.com/reelway/reelway/gen/reelway/events/v1"
@@ -41,12 +42,18 @@ var (
 	ErrStorage = errors.New("upload: storage")
 )
 
-// Publisher stores domain events.
+// Publisher stores domain events. The platform gives the service an events.Outbox: nil
+// means the event is durable (acknowledged by JetStream or kept in the outbox file, which
+// delivers it later), so an upload is answered 201 only once its upload.completed cannot
+// be lost, even if the process stops right after answering.
 type Publisher interface {
 	Publish(ctx context.Context, ev *eventsv1.Event) error
 }
 
-var _ Publisher = (*events.Bus)(nil)
+var (
+	_ Publisher = (*events.Bus)(nil)
+	_ Publisher = (*events.Outbox)(nil)
+)
 
 // Videos is the part of the metadata service an upload needs.
 type Videos interface {
@@ -62,6 +69,9 @@ type Config struct {
 	DataDir string
 	// MaxBytes caps one upload; zero means DefaultMaxBytes.
 	MaxBytes int64
+	// Expiry is how long a resumable (tus) upload may go without new bytes before it is
+	// deleted and its video failed; zero means DefaultExpiry.
+	Expiry time.Duration
 }
 
 // Service implements UploadService and the POST /v1/uploads route.
@@ -70,6 +80,8 @@ type Service struct {
 	cfg    Config
 	pub    Publisher
 	videos Videos
+	// tus is the resumable upload endpoint, set up by Mount.
+	tus *tusServer
 }
 
 var _ uploadv1connect.UploadServiceHandler = (*Service)(nil)
@@ -79,11 +91,20 @@ func New(log *slog.Logger, cfg Config, pub Publisher, videos Videos) *Service {
 	if cfg.MaxBytes <= 0 {
 		cfg.MaxBytes = DefaultMaxBytes
 	}
+	if cfg.Expiry <= 0 {
+		cfg.Expiry = DefaultExpiry
+	}
 	return &Service{log: log, cfg: cfg, pub: pub, videos: videos}
 }
 
-// Mount registers the RPC service and the plain HTTP upload route.
+// Mount registers the RPC service, the plain HTTP upload route and the tus endpoint.
 func (s *Service) Mount(srv *rpc.Server) error {
+	t, err := s.newTus()
+	if err != nil {
+		return err
+	}
+	s.tus = t
+	t.mount(srv)
 	path, h := uploadv1connect.NewUploadServiceHandler(s, srv.HandlerOptions()...)
 	srv.Mount(uploadv1connect.UploadServiceName, path, h)
 	srv.Handle("POST /v1/uploads", s.httpHandler())

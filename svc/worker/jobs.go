@@ -2,144 +2,122 @@ package worker
 
 import (
 	"context"
-	"crypto/rand"
-	"encoding/hex"
-	"fmt"
-	"slices"
-	"sync"
+	"errors"
 	"time"
 
+	metadatav1 "github.com/reelway/reelway/gen/reelway/metadata/v1"
 	workerv1 "github.com/reelway/reelway/gen/reelway/worker/v1"
-	"google.golang.org/protobuf/proto"
-	"google.golang.org/protobuf/types/known/timestamppb"
+	"github.com/reelway/reelway/svc/events"
 )
 
-// defaultPageSize is ListJobs' page size when the request leaves it zero.
-const defaultPageSize = 50
+const (
+	// defaultPageSize is ListJobs' page size when the request leaves it zero.
+	defaultPageSize = 50
+	// cancelWait bounds how long CancelJob waits for a running attempt to stop.
+	cancelWait = 10 * time.Second
+)
 
-// jobTable is the worker's memory of its jobs. It lives only as long as the process: a
-// durable job store comes in a later issue, until then a restarted worker starts with an
-// empty list (JetStream, not this table, is what guarantees each upload is transcoded).
-type jobTable struct {
-	mu    sync.Mutex
-	limit int
-	byID  map[string]*workerv1.Job
-	// bySeq maps an upload.completed message's stream sequence to its job, so a
-	// redelivery continues the same job with the next attempt number.
-	bySeq map[uint64]string
-	seqOf map[string]uint64
-	order []string // creation order, oldest first
-}
-
-func newJobTable(limit int) *jobTable {
-	return &jobTable{
-		limit: limit,
-		byID:  make(map[string]*workerv1.Job),
-		bySeq: make(map[uint64]string),
-		seqOf: make(map[string]uint64),
-	}
-}
-
-func newJobID() string {
-	var b [12]byte
-	_, _ = rand.Read(b[:])
-	return hex.EncodeToString(b[:])
-}
-
-// begin records a delivery of the message with stream sequence seq and returns its job id
-// and whether the job is new.
-func (t *jobTable) begin(seq uint64, videoID string, attempt int32) (string, bool) {
-	t.mu.Lock()
-	defer t.mu.Unlock()
-	now := timestamppb.Now()
-	if id, ok := t.bySeq[seq]; ok {
-		j := t.byID[id]
-		j.State = workerv1.JobState_JOB_STATE_QUEUED
-		j.Attempt = attempt
-		j.UpdateTime = now
-		return id, false
-	}
-	id := newJobID()
-	t.byID[id] = &workerv1.Job{
-		Id:         id,
-		Kind:       "transcode",
-		VideoId:    videoID,
-		State:      workerv1.JobState_JOB_STATE_QUEUED,
-		Attempt:    attempt,
-		CreateTime: now,
-		UpdateTime: now,
-	}
-	t.bySeq[seq] = id
-	t.seqOf[id] = seq
-	t.order = append(t.order, id)
-	for len(t.order) > t.limit {
-		old := t.order[0]
-		t.order = t.order[1:]
-		delete(t.byID, old)
-		delete(t.bySeq, t.seqOf[old])
-		delete(t.seqOf, old)
-	}
-	return id, true
-}
-
-// set moves a job to state with the given error text ("" clears it).
-func (t *jobTable) set(id string, state workerv1.JobState, errText string) {
-	t.mu.Lock()
-	defer t.mu.Unlock()
-	j, ok := t.byID[id]
-	if !ok {
-		return
-	}
-	j.State = state
-	j.Error = errText
-	j.UpdateTime = timestamppb.New(time.Now())
-}
-
-func (t *jobTable) get(id string) (*workerv1.Job, bool) {
-	t.mu.Lock()
-	defer t.mu.Unlock()
-	j, ok := t.byID[id]
-	if !ok {
-		return nil, false
-	}
-	return proto.CloneOf(j), true
-}
-
-// list returns copies of the matching jobs, newest first.
-func (t *jobTable) list(state workerv1.JobState, videoID string, limit int) []*workerv1.Job {
-	t.mu.Lock()
-	defer t.mu.Unlock()
-	var out []*workerv1.Job
-	for _, id := range slices.Backward(t.order) {
-		if len(out) >= limit {
-			break
-		}
-		j := t.byID[id]
-		if state != workerv1.JobState_JOB_STATE_UNSPECIFIED && j.GetState() != state {
-			continue
-		}
-		if videoID != "" && j.GetVideoId() != videoID {
-			continue
-		}
-		out = append(out, proto.CloneOf(j))
-	}
-	return out
-}
-
-// ListJobs implements WorkerService.ListJobs from the in-memory job table.
-func (s *Service) ListJobs(_ context.Context, req *workerv1.ListJobsRequest) (*workerv1.ListJobsResponse, error) {
+// ListJobs implements WorkerService.ListJobs from the job store, newest first.
+func (s *Service) ListJobs(ctx context.Context, req *workerv1.ListJobsRequest) (*workerv1.ListJobsResponse, error) {
 	size := int(req.GetPageSize())
 	if size == 0 {
 		size = defaultPageSize
 	}
-	return &workerv1.ListJobsResponse{Jobs: s.jobs.list(req.GetState(), req.GetVideoId(), size)}, nil
+	rows, next, err := s.store.list(ctx, jobFilter{state: req.GetState(), kind: req.GetKind(), videoID: req.GetVideoId()}, size, req.GetPageToken())
+	if err != nil {
+		return nil, connectError(err)
+	}
+	now := time.Now()
+	res := &workerv1.ListJobsResponse{NextPageToken: next}
+	for _, r := range rows {
+		res.Jobs = append(res.Jobs, r.proto(now))
+	}
+	return res, nil
 }
 
-// GetJob implements WorkerService.GetJob from the in-memory job table.
-func (s *Service) GetJob(_ context.Context, req *workerv1.GetJobRequest) (*workerv1.GetJobResponse, error) {
-	j, ok := s.jobs.get(req.GetId())
-	if !ok {
-		return nil, connectError(fmt.Errorf("%w: %s", ErrJobNotFound, req.GetId()))
+// GetJob implements WorkerService.GetJob.
+func (s *Service) GetJob(ctx context.Context, req *workerv1.GetJobRequest) (*workerv1.GetJobResponse, error) {
+	r, err := s.store.get(ctx, req.GetId())
+	if err != nil {
+		return nil, connectError(err)
 	}
-	return &workerv1.GetJobResponse{Job: j}, nil
+	return &workerv1.GetJobResponse{Job: r.proto(time.Now())}, nil
+}
+
+// RetryJob implements WorkerService.RetryJob: a failed, dead or cancelled job gets a fresh
+// attempt budget and a new message on its work queue (a new message id, so JetStream's
+// duplicate window cannot swallow a retry made seconds after the last attempt).
+func (s *Service) RetryJob(ctx context.Context, req *workerv1.RetryJobRequest) (*workerv1.RetryJobResponse, error) {
+	old, err := s.store.get(ctx, req.GetId())
+	if err != nil {
+		return nil, connectError(err)
+	}
+	r, undo, err := s.store.requeue(ctx, req.GetId())
+	if err != nil {
+		return nil, connectError(err)
+	}
+	// The video is processing again from now on; it is marked before the job is queued
+	// so this cannot overwrite what a fast attempt records.
+	processing := &metadatav1.Video{Id: r.videoID, Status: metadatav1.VideoStatus_VIDEO_STATUS_PROCESSING}
+	if err := s.update(ctx, processing, "status", "failure_reason"); err != nil {
+		undo(context.WithoutCancel(ctx))
+		return nil, connectError(err)
+	}
+	if err := s.enqueue(ctx, r); err != nil {
+		uctx := context.WithoutCancel(ctx)
+		undo(uctx)
+		if merr := s.markFailed(uctx, r.videoID, old.errText); merr != nil {
+			s.log.WarnContext(ctx, "job.mark_failed", "job_id", r.id, "err", merr)
+		}
+		return nil, connectError(err)
+	}
+	s.log.InfoContext(ctx, "job.retried", "job_id", r.id, "video_id", r.videoID, "generation", r.retries)
+	s.publish(ctx, s.log, events.TranscodeRequested(Source, r.videoID, r.id))
+	if r, err = s.store.get(ctx, r.id); err != nil {
+		return nil, connectError(err)
+	}
+	return &workerv1.RetryJobResponse{Job: r.proto(time.Now())}, nil
+}
+
+// CancelJob implements WorkerService.CancelJob. A queued job is cancelled at once; a
+// running one is stopped by the worker running it (this process directly, another one
+// through the store within CancelPoll), which kills ffmpeg by ending the Transcode call.
+// The answer waits (up to cancelWait) for the running attempt to stop.
+func (s *Service) CancelJob(ctx context.Context, req *workerv1.CancelJobRequest) (*workerv1.CancelJobResponse, error) {
+	id := req.GetId()
+	r, err := s.store.settle(ctx, id, workerv1.JobState_JOB_STATE_CANCELLED, "cancelled", workerv1.JobState_JOB_STATE_QUEUED)
+	if err == nil {
+		if merr := s.markFailed(ctx, r.videoID, "transcode cancelled"); merr != nil {
+			s.log.WarnContext(ctx, "job.mark_failed", "job_id", id, "err", merr)
+		}
+		s.publish(ctx, s.log, events.TranscodeFailed(Source, r.videoID, id, "cancelled", true))
+		s.log.InfoContext(ctx, "job.cancelled", "job_id", id, "while", "queued")
+		return &workerv1.CancelJobResponse{Job: r.proto(time.Now())}, nil
+	}
+	if !errors.Is(err, ErrJobState) {
+		return nil, connectError(err)
+	}
+	if err := s.store.requestCancel(ctx, id); err != nil {
+		if _, gerr := s.store.get(ctx, id); gerr != nil {
+			return nil, connectError(gerr)
+		}
+		return nil, connectError(err)
+	}
+	s.stopLocal(id, errCancelled)
+	wctx, cancel := context.WithTimeout(ctx, cancelWait)
+	defer cancel()
+	for {
+		r, err = s.store.get(ctx, id)
+		if err != nil {
+			return nil, connectError(err)
+		}
+		if r.state != workerv1.JobState_JOB_STATE_RUNNING {
+			break
+		}
+		sleep(wctx, 50*time.Millisecond)
+		if wctx.Err() != nil {
+			break
+		}
+	}
+	return &workerv1.CancelJobResponse{Job: r.proto(time.Now())}, nil
 }

@@ -1,13 +1,27 @@
-// Package worker is Reelway's WorkerService: it runs the transcode job of every uploaded
-// video from a durable JetStream consumer on upload.completed, records the result in the
-// metadata service, and shows the jobs it has seen through ListJobs and GetJob.
+// Package worker is Reelway's WorkerService. It turns domain events into jobs and runs
+// them: every upload.completed event becomes a transcode job on the JetStream work queue
+// reelway.jobs.transcode, which the workers of all processes share through one durable
+// pull consumer. Jobs live in a SQLite store in the data directory (states, attempts,
+// leases), so ListJobs, GetJob, RetryJob and CancelJob see them across restarts.
+//
+// The guarantees: an event makes one job (the job id derives from the event id); a job
+// runs at most once at a time per video (a lease in the store, renewed with JetStream
+// in-progress acknowledgements, so AckWait never hands a long transcode to a second
+// worker); each attempt calls the transcoder once; a permanent failure fails the job at
+// once; transient failures are retried after the configured backoff, enforced by the store
+// whatever JetStream redelivers, and after MaxAttempts the job goes to the dead-letter
+// subject reelway.jobs.dead.<kind>, its video is marked FAILED and job.dead is published.
 package worker
 
 import (
 	"context"
+	"crypto/rand"
+	"encoding/hex"
 	"errors"
 	"fmt"
 	"log/slog"
+	"os"
+	"path/filepath"
 	"sync"
 	"time"
 
@@ -22,33 +36,71 @@ import (
 	"github.com/reelway/reelway/gen/reelway/worker/v1/workerv1connect"
 	"github.com/reelway/reelway/svc/events"
 	"github.com/reelway/reelway/svc/rpc"
+	"golang.org/x/sync/errgroup"
 )
 
 // Source is the events source name of this service.
 const Source = "worker"
 
-// ConsumerName is the durable JetStream consumer every worker instance shares, so each
-// upload is transcoded by one of them.
-const ConsumerName = "worker-transcode"
+// KindTranscode is the kind of the transcode job.
+const KindTranscode = "transcode"
+
+// Names of the JetStream objects the worker owns.
+const (
+	// ConsumerName is the durable consumer of upload.completed on the events stream that
+	// turns uploads into jobs; every worker process shares it.
+	ConsumerName = "worker-transcode"
+	// JobsStream is the work-queue stream of jobs, on reelway.jobs.<kind>: a message
+	// leaves it once a worker acknowledges it.
+	JobsStream = "REELWAY_JOBS"
+	// JobsConsumer is the durable pull consumer every worker shares on JobsStream.
+	JobsConsumer = "worker-jobs"
+	// DeadStream keeps the dead letters, on reelway.jobs.dead.<kind>.
+	DeadStream = "REELWAY_JOBS_DEAD"
+	// jobsPrefix starts every job subject.
+	jobsPrefix = "reelway.jobs."
+)
+
+// JobSubject is the work-queue subject of a job kind.
+func JobSubject(kind string) string { return jobsPrefix + kind }
+
+// DeadSubject is the dead-letter subject of a job kind.
+func DeadSubject(kind string) string { return jobsPrefix + "dead." + kind }
+
+// JobID is the id of the job an event asks for: derived from the event id, so a
+// redelivered event finds its job, while a user's new upload (a new event) is a new job.
+func JobID(kind, eventID string) string { return kind + "-" + eventID }
 
 // Errors of the worker.
 var (
-	// ErrJobNotFound means no job with that id is known to this worker.
+	// ErrJobNotFound means no job with that id is stored.
 	ErrJobNotFound = errors.New("worker: job not found")
 	// ErrTranscode means the transcoder did not produce the renditions.
 	ErrTranscode = errors.New("worker: transcode")
 	// ErrMetadata means the metadata service did not take an update.
 	ErrMetadata = errors.New("worker: metadata")
-	// ErrPublish means an event was not stored by the bus.
+	// ErrPublish means an event or job message was not stored by NATS.
 	ErrPublish = errors.New("worker: publish")
 )
 
-// Publisher stores domain events.
+// Publisher stores domain events; the platform gives the worker an outbox, so events are
+// never lost while NATS is down.
 type Publisher interface {
 	Publish(ctx context.Context, ev *eventsv1.Event) error
 }
 
-var _ Publisher = (*events.Bus)(nil)
+var (
+	_ Publisher = (*events.Bus)(nil)
+	_ Publisher = (*events.Outbox)(nil)
+)
+
+// Bus is the part of the event bus the worker consumes from.
+type Bus interface {
+	JetStream() jetstream.JetStream
+	Consume(ctx context.Context, cfg events.ConsumeConfig, r *events.Router) error
+}
+
+var _ Bus = (*events.Bus)(nil)
 
 // Videos is the part of the metadata service the worker needs.
 type Videos interface {
@@ -64,66 +116,98 @@ type Transcoder interface {
 
 var _ Transcoder = transcoderv1connect.TranscoderServiceClient(nil)
 
-// Config tunes the job loop. Zero values take the defaults.
+// Config tunes the worker. Zero values take the defaults.
 type Config struct {
-	// MaxConcurrent is how many jobs run at once (default 1): transcodes are CPU bound.
+	// DataDir holds the job store, <DataDir>/worker.db.
+	DataDir string
+	// Instance names this worker in leases and in Job.worker (default: host, pid and a
+	// random suffix).
+	Instance string
+	// MaxConcurrent is how many jobs run at once in this process (default 1): transcodes
+	// are CPU bound.
 	MaxConcurrent int
-	// AckWait is how long JetStream waits for a sign of life before redelivering a job
-	// (default 30s). A running job reports progress every AckWait/3.
+	// AckWait is how long a job may go without a sign of life before JetStream hands it
+	// out again and its lease lapses (default 30s). A running job reports every AckWait/3.
 	AckWait time.Duration
-	// MaxDeliver is how many times one upload is attempted (default 5).
-	MaxDeliver int
-	// RetryBackoff is the delay before attempt n+1 after a transient failure of attempt n;
+	// MaxAttempts is how many attempts a job gets before it is dead-lettered (default 5).
+	MaxAttempts int
+	// RetryBackoff is the wait before attempt n+1 after a transient failure of attempt n;
 	// the last entry repeats (default 1s, 10s, 60s).
 	RetryBackoff []time.Duration
-	// JobHistory is how many jobs the in-memory table keeps (default 1000).
-	JobHistory int
+	// Grace is how long running jobs may go on finishing once Start's context ends
+	// (default 10s); then they are stopped and handed back unacknowledged.
+	Grace time.Duration
+	// CancelPoll is how often a running job looks for a CancelJob made through another
+	// process (default 1s).
+	CancelPoll time.Duration
 }
 
 func (c Config) withDefaults() Config {
+	if c.Instance == "" {
+		host, _ := os.Hostname()
+		var b [3]byte
+		_, _ = rand.Read(b[:])
+		c.Instance = fmt.Sprintf("%s-%d-%s", host, os.Getpid(), hex.EncodeToString(b[:]))
+	}
 	if c.MaxConcurrent <= 0 {
 		c.MaxConcurrent = 1
 	}
 	if c.AckWait <= 0 {
 		c.AckWait = 30 * time.Second
 	}
-	if c.MaxDeliver <= 0 {
-		c.MaxDeliver = 5
+	if c.MaxAttempts <= 0 {
+		c.MaxAttempts = 5
 	}
 	if len(c.RetryBackoff) == 0 {
 		c.RetryBackoff = []time.Duration{time.Second, 10 * time.Second, time.Minute}
 	}
-	if c.JobHistory <= 0 {
-		c.JobHistory = 1000
+	if c.Grace <= 0 {
+		c.Grace = 10 * time.Second
+	}
+	if c.CancelPoll <= 0 {
+		c.CancelPoll = time.Second
 	}
 	return c
 }
 
-// Service implements WorkerService and runs the transcode jobs.
+// Service implements WorkerService and runs the jobs.
 type Service struct {
 	log    *slog.Logger
 	cfg    Config
+	bus    Bus
 	js     jetstream.JetStream
 	pub    Publisher
 	videos Videos
 	tc     Transcoder
-	jobs   *jobTable
+	store  *store
+
+	mu      sync.Mutex
+	running map[string]context.CancelCauseFunc // job id → stop its attempt
 }
 
 var _ workerv1connect.WorkerServiceHandler = (*Service)(nil)
 
-// New returns the worker. Jobs run only while Start runs.
-func New(log *slog.Logger, cfg Config, js jetstream.JetStream, pub Publisher, videos Videos, tc Transcoder) *Service {
+// Open opens the job store and returns the worker. Jobs run only while Start runs.
+func Open(ctx context.Context, log *slog.Logger, cfg Config, bus Bus, pub Publisher, videos Videos, tc Transcoder) (*Service, error) {
 	cfg = cfg.withDefaults()
-	return &Service{
-		log:    log,
-		cfg:    cfg,
-		js:     js,
-		pub:    pub,
-		videos: videos,
-		tc:     tc,
-		jobs:   newJobTable(cfg.JobHistory),
+	if err := os.MkdirAll(cfg.DataDir, 0o750); err != nil {
+		return nil, fmt.Errorf("worker: data dir: %w", err)
 	}
+	st, err := openStore(ctx, filepath.Join(cfg.DataDir, "worker.db"))
+	if err != nil {
+		return nil, err
+	}
+	return &Service{
+		log:     log.With("worker", cfg.Instance),
+		cfg:     cfg,
+		bus:     bus,
+		js:      bus.JetStream(),
+		pub:     pub,
+		videos:  videos,
+		tc:      tc,
+		store:   st,
+		running: make(map[string]context.CancelCauseFunc),
+	}, nil
 }
 
 // Mount registers WorkerService.
@@ -133,50 +217,143 @@ func (s *Service) Mount(srv *rpc.Server) error {
 	return nil
 }
 
-// consumerConfig is the durable pull consumer of upload.completed. Its BackOff starts at
-// AckWait because JetStream uses BackOff[0] as the ack wait; later entries give a worker
-// that died mid-job longer before the job is handed out again.
-func (s *Service) consumerConfig() jetstream.ConsumerConfig {
-	var backoff []time.Duration
-	for d := s.cfg.AckWait; len(backoff) < min(3, s.cfg.MaxDeliver); d *= 2 {
-		backoff = append(backoff, d)
+// Close closes the job store.
+func (s *Service) Close() error { return s.store.close() }
+
+// Start turns upload.completed events into jobs and runs jobs, with at most MaxConcurrent
+// in flight, until ctx ends. Then it takes no new job, gives the running ones Grace to
+// finish, and hands the rest back unacknowledged for another worker.
+func (s *Service) Start(ctx context.Context) error {
+	if err := s.ensureStreams(ctx); err != nil {
+		return err
 	}
-	return jetstream.ConsumerConfig{
-		Durable:       ConsumerName,
-		Description:   "transcode every uploaded video",
-		FilterSubject: events.Subject(eventsv1.EventType_EVENT_TYPE_UPLOAD_COMPLETED),
-		AckPolicy:     jetstream.AckExplicitPolicy,
-		AckWait:       s.cfg.AckWait,
-		MaxDeliver:    s.cfg.MaxDeliver,
-		BackOff:       backoff,
+	s.log.InfoContext(ctx, "worker.started", "max_concurrent", s.cfg.MaxConcurrent, "max_attempts", s.cfg.MaxAttempts,
+		"backoff", s.cfg.RetryBackoff, "ack_wait", s.cfg.AckWait)
+	router := events.NewRouter(s.log)
+	if err := events.On(router, s.onUploadCompleted); err != nil {
+		return fmt.Errorf("worker: %w", err)
+	}
+	g, gctx := errgroup.WithContext(ctx)
+	g.Go(func() error {
+		return s.bus.Consume(gctx, events.ConsumeConfig{Durable: ConsumerName, AckWait: 30 * time.Second}, router)
+	})
+	g.Go(func() error { return s.runJobs(gctx) })
+	err := g.Wait()
+	s.log.InfoContext(ctx, "worker.stopped")
+	return err
+}
+
+// ensureStreams creates or updates the jobs and dead-letter streams and the jobs
+// consumer, retrying while NATS is not there yet so a worker can start before it.
+func (s *Service) ensureStreams(ctx context.Context) error {
+	delay := 500 * time.Millisecond
+	for {
+		err := s.createStreams(ctx)
+		if err == nil {
+			return nil
+		}
+		if ctx.Err() != nil {
+			return nil
+		}
+		s.log.WarnContext(ctx, "worker.streams", "err", err, "retry_in", delay)
+		sleep(ctx, delay)
+		delay = min(2*delay, 30*time.Second)
 	}
 }
 
-// Start consumes upload.completed until ctx ends, with at most MaxConcurrent jobs in
-// flight. On return every job it started has finished or been handed back unacknowledged.
-func (s *Service) Start(ctx context.Context) error {
-	cons, err := s.consumer(ctx)
-	if err != nil {
-		return err
+func (s *Service) createStreams(ctx context.Context) error {
+	cctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	defer cancel()
+	if _, err := s.js.CreateOrUpdateStream(cctx, jetstream.StreamConfig{
+		Name:        JobsStream,
+		Description: "jobs waiting for a worker; a message leaves once acknowledged",
+		// One token after the prefix: reelway.jobs.dead.<kind> belongs to DeadStream.
+		Subjects:   []string{jobsPrefix + "*"},
+		Retention:  jetstream.WorkQueuePolicy,
+		Storage:    jetstream.FileStorage,
+		Duplicates: events.DuplicateWindow,
+	}); err != nil {
+		return fmt.Errorf("worker: jobs stream: %w", err)
 	}
-	s.log.InfoContext(ctx, "worker.started", "consumer", ConsumerName, "max_concurrent", s.cfg.MaxConcurrent)
+	if _, err := s.js.CreateOrUpdateStream(cctx, jetstream.StreamConfig{
+		Name:        DeadStream,
+		Description: "jobs that used up their attempts",
+		Subjects:    []string{jobsPrefix + "dead.>"},
+		Retention:   jetstream.LimitsPolicy,
+		MaxAge:      30 * 24 * time.Hour,
+		Storage:     jetstream.FileStorage,
+		Duplicates:  events.DuplicateWindow,
+	}); err != nil {
+		return fmt.Errorf("worker: dead-letter stream: %w", err)
+	}
+	if _, err := s.js.CreateOrUpdateConsumer(cctx, JobsStream, s.jobsConsumerConfig()); err != nil {
+		return fmt.Errorf("worker: jobs consumer: %w", err)
+	}
+	return nil
+}
+
+// jobsConsumerConfig is the shared pull consumer of transcode jobs. Redeliveries are
+// unlimited at the JetStream level: the attempt budget and the spacing between attempts
+// are enforced by the job store, so neither a bare negative acknowledgement nor an
+// early redelivery can burn attempts.
+func (s *Service) jobsConsumerConfig() jetstream.ConsumerConfig {
+	return jetstream.ConsumerConfig{
+		Durable:       JobsConsumer,
+		Description:   "run jobs",
+		FilterSubject: JobSubject(KindTranscode),
+		AckPolicy:     jetstream.AckExplicitPolicy,
+		AckWait:       s.cfg.AckWait,
+		MaxDeliver:    -1,
+		// Jobs waiting out a retry backoff are pending too; they must not stall new ones.
+		MaxAckPending: 20_000,
+	}
+}
+
+// runJobs pulls jobs while ctx lives and runs each in its own goroutine, holding one of
+// MaxConcurrent slots. Attempts run under their own context, which ends Grace after ctx.
+func (s *Service) runJobs(ctx context.Context) error {
+	runCtx, stopRuns := context.WithCancelCause(context.WithoutCancel(ctx))
+	defer stopRuns(nil)
 	slots := make(chan struct{}, s.cfg.MaxConcurrent)
 	var wg sync.WaitGroup
-	defer wg.Wait()
+	defer func() {
+		done := make(chan struct{})
+		go func() { wg.Wait(); close(done) }()
+		t := time.NewTimer(s.cfg.Grace)
+		defer t.Stop()
+		select {
+		case <-done:
+		case <-t.C:
+			s.log.InfoContext(ctx, "worker.grace_over")
+			stopRuns(errStopping)
+			<-done
+		}
+	}()
+	var cons jetstream.Consumer
 	for {
 		select {
 		case slots <- struct{}{}:
 		case <-ctx.Done():
-			s.log.InfoContext(ctx, "worker.stopping")
 			return nil
 		}
-		msg, err := s.next(ctx, cons)
+		var msg jetstream.Msg
+		var err error
+		if cons == nil {
+			cons, err = s.js.Consumer(ctx, JobsStream, JobsConsumer)
+			if errors.Is(err, jetstream.ErrConsumerNotFound) {
+				// The server lost it (storage wiped): make it again.
+				cons, err = s.js.CreateOrUpdateConsumer(ctx, JobsStream, s.jobsConsumerConfig())
+			}
+		}
+		if err == nil {
+			msg, err = next(ctx, cons)
+		}
 		if err != nil {
 			<-slots
 			if ctx.Err() != nil {
-				s.log.InfoContext(ctx, "worker.stopping")
 				return nil
 			}
+			cons = nil
 			s.log.WarnContext(ctx, "worker.fetch", "err", err)
 			sleep(ctx, time.Second)
 			continue
@@ -187,32 +364,14 @@ func (s *Service) Start(ctx context.Context) error {
 		}
 		wg.Go(func() {
 			defer func() { <-slots }()
-			s.handle(ctx, msg)
+			s.handleJob(runCtx, msg)
 		})
 	}
 }
 
-// consumer creates or updates the durable consumer, retrying while the stream or NATS is
-// not there yet so a worker can start before them.
-func (s *Service) consumer(ctx context.Context) (jetstream.Consumer, error) {
-	delay := 500 * time.Millisecond
-	for {
-		cons, err := s.js.CreateOrUpdateConsumer(ctx, events.StreamName, s.consumerConfig())
-		if err == nil {
-			return cons, nil
-		}
-		if ctx.Err() != nil {
-			return nil, fmt.Errorf("worker: create consumer: %w", ctx.Err())
-		}
-		s.log.WarnContext(ctx, "worker.consumer", "err", err, "retry_in", delay)
-		sleep(ctx, delay)
-		delay = min(2*delay, 30*time.Second)
-	}
-}
-
 // next pulls one job, or returns nil when none arrived within the poll window.
-func (s *Service) next(ctx context.Context, cons jetstream.Consumer) (jetstream.Msg, error) {
-	pctx, cancel := context.WithTimeout(ctx, 30*time.Second)
+func next(ctx context.Context, cons jetstream.Consumer) (jetstream.Msg, error) {
+	pctx, cancel := context.WithTimeout(ctx, 10*time.Second)
 	defer cancel()
 	msg, err := cons.Next(jetstream.FetchContext(pctx))
 	switch {
@@ -241,6 +400,16 @@ func connectError(err error) error {
 	switch {
 	case errors.Is(err, ErrJobNotFound):
 		return connect.NewError(connect.CodeNotFound, err)
+	case errors.Is(err, ErrJobState):
+		return connect.NewError(connect.CodeFailedPrecondition, err)
+	case errors.Is(err, ErrBadPageToken):
+		return connect.NewError(connect.CodeInvalidArgument, err)
+	case errors.Is(err, ErrPublish), errors.Is(err, ErrMetadata):
+		return connect.NewError(connect.CodeUnavailable, err)
+	case errors.Is(err, context.Canceled):
+		return connect.NewError(connect.CodeCanceled, err)
+	case errors.Is(err, context.DeadlineExceeded):
+		return connect.NewError(connect.CodeDeadlineExceeded, err)
 	default:
 		return connect.NewError(connect.CodeInternal, err)
 	}

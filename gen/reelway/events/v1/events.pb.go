@@ -43,6 +43,7 @@ const (
 	EventType_EVENT_TYPE_USER_REGISTERED      EventType = 13
 	EventType_EVENT_TYPE_SERVICE_REGISTERED   EventType = 14
 	EventType_EVENT_TYPE_SERVICE_DEREGISTERED EventType = 15
+	EventType_EVENT_TYPE_JOB_DEAD             EventType = 16
 )
 
 // Enum value maps for EventType.
@@ -64,6 +65,7 @@ var (
 		13: "EVENT_TYPE_USER_REGISTERED",
 		14: "EVENT_TYPE_SERVICE_REGISTERED",
 		15: "EVENT_TYPE_SERVICE_DEREGISTERED",
+		16: "EVENT_TYPE_JOB_DEAD",
 	}
 	EventType_value = map[string]int32{
 		"EVENT_TYPE_UNSPECIFIED":          0,
@@ -82,6 +84,7 @@ var (
 		"EVENT_TYPE_USER_REGISTERED":      13,
 		"EVENT_TYPE_SERVICE_REGISTERED":   14,
 		"EVENT_TYPE_SERVICE_DEREGISTERED": 15,
+		"EVENT_TYPE_JOB_DEAD":             16,
 	}
 )
 
@@ -140,6 +143,7 @@ type Event struct {
 	//	*Event_UserRegistered
 	//	*Event_ServiceRegistered
 	//	*Event_ServiceDeregistered
+	//	*Event_JobDead
 	Payload       isEvent_Payload `protobuf_oneof:"payload"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
@@ -352,6 +356,15 @@ func (x *Event) GetServiceDeregistered() *ServiceDeregistered {
 	return nil
 }
 
+func (x *Event) GetJobDead() *JobDead {
+	if x != nil {
+		if x, ok := x.Payload.(*Event_JobDead); ok {
+			return x.JobDead
+		}
+	}
+	return nil
+}
+
 type isEvent_Payload interface {
 	isEvent_Payload()
 }
@@ -416,6 +429,10 @@ type Event_ServiceDeregistered struct {
 	ServiceDeregistered *ServiceDeregistered `protobuf:"bytes,24,opt,name=service_deregistered,json=serviceDeregistered,proto3,oneof"`
 }
 
+type Event_JobDead struct {
+	JobDead *JobDead `protobuf:"bytes,25,opt,name=job_dead,json=jobDead,proto3,oneof"`
+}
+
 func (*Event_VideoCreated) isEvent_Payload() {}
 
 func (*Event_VideoUpdated) isEvent_Payload() {}
@@ -445,6 +462,8 @@ func (*Event_UserRegistered) isEvent_Payload() {}
 func (*Event_ServiceRegistered) isEvent_Payload() {}
 
 func (*Event_ServiceDeregistered) isEvent_Payload() {}
+
+func (*Event_JobDead) isEvent_Payload() {}
 
 type VideoCreated struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
@@ -1292,12 +1311,89 @@ func (x *ServiceDeregistered) GetInstanceId() string {
 	return ""
 }
 
+// JobDead says a job used up its attempts and went to the dead-letter subject.
+type JobDead struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	JobId string                 `protobuf:"bytes,1,opt,name=job_id,json=jobId,proto3" json:"job_id,omitempty"`
+	Kind  string                 `protobuf:"bytes,2,opt,name=kind,proto3" json:"kind,omitempty"`
+	// subject_id is what the job was about, for example a video id.
+	SubjectId     string `protobuf:"bytes,3,opt,name=subject_id,json=subjectId,proto3" json:"subject_id,omitempty"`
+	Attempts      int32  `protobuf:"varint,4,opt,name=attempts,proto3" json:"attempts,omitempty"`
+	Reason        string `protobuf:"bytes,5,opt,name=reason,proto3" json:"reason,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *JobDead) Reset() {
+	*x = JobDead{}
+	mi := &file_reelway_events_v1_events_proto_msgTypes[16]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *JobDead) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*JobDead) ProtoMessage() {}
+
+func (x *JobDead) ProtoReflect() protoreflect.Message {
+	mi := &file_reelway_events_v1_events_proto_msgTypes[16]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use JobDead.ProtoReflect.Descriptor instead.
+func (*JobDead) Descriptor() ([]byte, []int) {
+	return file_reelway_events_v1_events_proto_rawDescGZIP(), []int{16}
+}
+
+func (x *JobDead) GetJobId() string {
+	if x != nil {
+		return x.JobId
+	}
+	return ""
+}
+
+func (x *JobDead) GetKind() string {
+	if x != nil {
+		return x.Kind
+	}
+	return ""
+}
+
+func (x *JobDead) GetSubjectId() string {
+	if x != nil {
+		return x.SubjectId
+	}
+	return ""
+}
+
+func (x *JobDead) GetAttempts() int32 {
+	if x != nil {
+		return x.Attempts
+	}
+	return 0
+}
+
+func (x *JobDead) GetReason() string {
+	if x != nil {
+		return x.Reason
+	}
+	return ""
+}
+
 var File_reelway_events_v1_events_proto protoreflect.FileDescriptor
 
 const file_reelway_events_v1_events_proto_rawDesc = "" +
 	"\n" +
-	"\x1ereelway/events/v1/events.proto\x12\x11reelway.events.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"\xeb\n" +
-	"\n" +
+	"\x1ereelway/events/v1/events.proto\x12\x11reelway.events.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"\xa4\v\n" +
 	"\x05Event\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\tR\x02id\x120\n" +
 	"\x04type\x18\x02 \x01(\x0e2\x1c.reelway.events.v1.EventTypeR\x04type\x12\x16\n" +
@@ -1321,7 +1417,8 @@ const file_reelway_events_v1_events_proto_rawDesc = "" +
 	"videoReady\x12L\n" +
 	"\x0fuser_registered\x18\x16 \x01(\v2!.reelway.events.v1.UserRegisteredH\x00R\x0euserRegistered\x12U\n" +
 	"\x12service_registered\x18\x17 \x01(\v2$.reelway.events.v1.ServiceRegisteredH\x00R\x11serviceRegistered\x12[\n" +
-	"\x14service_deregistered\x18\x18 \x01(\v2&.reelway.events.v1.ServiceDeregisteredH\x00R\x13serviceDeregisteredB\t\n" +
+	"\x14service_deregistered\x18\x18 \x01(\v2&.reelway.events.v1.ServiceDeregisteredH\x00R\x13serviceDeregistered\x127\n" +
+	"\bjob_dead\x18\x19 \x01(\v2\x1a.reelway.events.v1.JobDeadH\x00R\ajobDeadB\t\n" +
 	"\apayload\"?\n" +
 	"\fVideoCreated\x12\x19\n" +
 	"\bvideo_id\x18\x01 \x01(\tR\avideoId\x12\x14\n" +
@@ -1381,7 +1478,14 @@ const file_reelway_events_v1_events_proto_rawDesc = "" +
 	"\x13ServiceDeregistered\x12\x18\n" +
 	"\aservice\x18\x01 \x01(\tR\aservice\x12\x1f\n" +
 	"\vinstance_id\x18\x02 \x01(\tR\n" +
-	"instanceId*\x91\x04\n" +
+	"instanceId\"\x87\x01\n" +
+	"\aJobDead\x12\x15\n" +
+	"\x06job_id\x18\x01 \x01(\tR\x05jobId\x12\x12\n" +
+	"\x04kind\x18\x02 \x01(\tR\x04kind\x12\x1d\n" +
+	"\n" +
+	"subject_id\x18\x03 \x01(\tR\tsubjectId\x12\x1a\n" +
+	"\battempts\x18\x04 \x01(\x05R\battempts\x12\x16\n" +
+	"\x06reason\x18\x05 \x01(\tR\x06reason*\xaa\x04\n" +
 	"\tEventType\x12\x1a\n" +
 	"\x16EVENT_TYPE_UNSPECIFIED\x10\x00\x12\x1c\n" +
 	"\x18EVENT_TYPE_VIDEO_CREATED\x10\x01\x12\x1c\n" +
@@ -1399,7 +1503,8 @@ const file_reelway_events_v1_events_proto_rawDesc = "" +
 	"\x16EVENT_TYPE_VIDEO_READY\x10\f\x12\x1e\n" +
 	"\x1aEVENT_TYPE_USER_REGISTERED\x10\r\x12!\n" +
 	"\x1dEVENT_TYPE_SERVICE_REGISTERED\x10\x0e\x12#\n" +
-	"\x1fEVENT_TYPE_SERVICE_DEREGISTERED\x10\x0fB;Z9github.com/reelway/reelway/gen/reelway/events/v1;eventsv1b\x06proto3"
+	"\x1fEVENT_TYPE_SERVICE_DEREGISTERED\x10\x0f\x12\x17\n" +
+	"\x13EVENT_TYPE_JOB_DEAD\x10\x10B;Z9github.com/reelway/reelway/gen/reelway/events/v1;eventsv1b\x06proto3"
 
 var (
 	file_reelway_events_v1_events_proto_rawDescOnce sync.Once
@@ -1414,7 +1519,7 @@ func file_reelway_events_v1_events_proto_rawDescGZIP() []byte {
 }
 
 var file_reelway_events_v1_events_proto_enumTypes = make([]protoimpl.EnumInfo, 1)
-var file_reelway_events_v1_events_proto_msgTypes = make([]protoimpl.MessageInfo, 16)
+var file_reelway_events_v1_events_proto_msgTypes = make([]protoimpl.MessageInfo, 17)
 var file_reelway_events_v1_events_proto_goTypes = []any{
 	(EventType)(0),                // 0: reelway.events.v1.EventType
 	(*Event)(nil),                 // 1: reelway.events.v1.Event
@@ -1433,11 +1538,12 @@ var file_reelway_events_v1_events_proto_goTypes = []any{
 	(*UserRegistered)(nil),        // 14: reelway.events.v1.UserRegistered
 	(*ServiceRegistered)(nil),     // 15: reelway.events.v1.ServiceRegistered
 	(*ServiceDeregistered)(nil),   // 16: reelway.events.v1.ServiceDeregistered
-	(*timestamppb.Timestamp)(nil), // 17: google.protobuf.Timestamp
+	(*JobDead)(nil),               // 17: reelway.events.v1.JobDead
+	(*timestamppb.Timestamp)(nil), // 18: google.protobuf.Timestamp
 }
 var file_reelway_events_v1_events_proto_depIdxs = []int32{
 	0,  // 0: reelway.events.v1.Event.type:type_name -> reelway.events.v1.EventType
-	17, // 1: reelway.events.v1.Event.time:type_name -> google.protobuf.Timestamp
+	18, // 1: reelway.events.v1.Event.time:type_name -> google.protobuf.Timestamp
 	2,  // 2: reelway.events.v1.Event.video_created:type_name -> reelway.events.v1.VideoCreated
 	3,  // 3: reelway.events.v1.Event.video_updated:type_name -> reelway.events.v1.VideoUpdated
 	4,  // 4: reelway.events.v1.Event.video_deleted:type_name -> reelway.events.v1.VideoDeleted
@@ -1453,11 +1559,12 @@ var file_reelway_events_v1_events_proto_depIdxs = []int32{
 	14, // 14: reelway.events.v1.Event.user_registered:type_name -> reelway.events.v1.UserRegistered
 	15, // 15: reelway.events.v1.Event.service_registered:type_name -> reelway.events.v1.ServiceRegistered
 	16, // 16: reelway.events.v1.Event.service_deregistered:type_name -> reelway.events.v1.ServiceDeregistered
-	17, // [17:17] is the sub-list for method output_type
-	17, // [17:17] is the sub-list for method input_type
-	17, // [17:17] is the sub-list for extension type_name
-	17, // [17:17] is the sub-list for extension extendee
-	0,  // [0:17] is the sub-list for field type_name
+	17, // 17: reelway.events.v1.Event.job_dead:type_name -> reelway.events.v1.JobDead
+	18, // [18:18] is the sub-list for method output_type
+	18, // [18:18] is the sub-list for method input_type
+	18, // [18:18] is the sub-list for extension type_name
+	18, // [18:18] is the sub-list for extension extendee
+	0,  // [0:18] is the sub-list for field type_name
 }
 
 func init() { file_reelway_events_v1_events_proto_init() }
@@ -1481,6 +1588,7 @@ func file_reelway_events_v1_events_proto_init() {
 		(*Event_UserRegistered)(nil),
 		(*Event_ServiceRegistered)(nil),
 		(*Event_ServiceDeregistered)(nil),
+		(*Event_JobDead)(nil),
 	}
 	type x struct{}
 	out := protoimpl.TypeBuilder{
@@ -1488,7 +1596,7 @@ func file_reelway_events_v1_events_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_reelway_events_v1_events_proto_rawDesc), len(file_reelway_events_v1_events_proto_rawDesc)),
 			NumEnums:      1,
-			NumMessages:   16,
+			NumMessages:   17,
 			NumExtensions: 0,
 			NumServices:   0,
 		},

@@ -137,6 +137,60 @@ func (Visibility) EnumDescriptor() ([]byte, []int) {
 	return file_reelway_metadata_v1_metadata_proto_rawDescGZIP(), []int{1}
 }
 
+// VideoOrder is the order ListVideos returns videos in. Ties in creation time are broken by
+// id, in the same direction, so every video has one place in the order.
+type VideoOrder int32
+
+const (
+	// VIDEO_ORDER_UNSPECIFIED means VIDEO_ORDER_NEWEST_FIRST.
+	VideoOrder_VIDEO_ORDER_UNSPECIFIED VideoOrder = 0
+	// VIDEO_ORDER_NEWEST_FIRST: most recently created first.
+	VideoOrder_VIDEO_ORDER_NEWEST_FIRST VideoOrder = 1
+	// VIDEO_ORDER_OLDEST_FIRST: earliest created first.
+	VideoOrder_VIDEO_ORDER_OLDEST_FIRST VideoOrder = 2
+)
+
+// Enum value maps for VideoOrder.
+var (
+	VideoOrder_name = map[int32]string{
+		0: "VIDEO_ORDER_UNSPECIFIED",
+		1: "VIDEO_ORDER_NEWEST_FIRST",
+		2: "VIDEO_ORDER_OLDEST_FIRST",
+	}
+	VideoOrder_value = map[string]int32{
+		"VIDEO_ORDER_UNSPECIFIED":  0,
+		"VIDEO_ORDER_NEWEST_FIRST": 1,
+		"VIDEO_ORDER_OLDEST_FIRST": 2,
+	}
+)
+
+func (x VideoOrder) Enum() *VideoOrder {
+	p := new(VideoOrder)
+	*p = x
+	return p
+}
+
+func (x VideoOrder) String() string {
+	return protoimpl.X.EnumStringOf(x.Descriptor(), protoreflect.EnumNumber(x))
+}
+
+func (VideoOrder) Descriptor() protoreflect.EnumDescriptor {
+	return file_reelway_metadata_v1_metadata_proto_enumTypes[2].Descriptor()
+}
+
+func (VideoOrder) Type() protoreflect.EnumType {
+	return &file_reelway_metadata_v1_metadata_proto_enumTypes[2]
+}
+
+func (x VideoOrder) Number() protoreflect.EnumNumber {
+	return protoreflect.EnumNumber(x)
+}
+
+// Deprecated: Use VideoOrder.Descriptor instead.
+func (VideoOrder) EnumDescriptor() ([]byte, []int) {
+	return file_reelway_metadata_v1_metadata_proto_rawDescGZIP(), []int{2}
+}
+
 // Rendition is one rung of a video's HLS ladder.
 type Rendition struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
@@ -590,10 +644,23 @@ type ListVideosRequest struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// page_size defaults to 50 when zero.
 	PageSize int32 `protobuf:"varint,1,opt,name=page_size,json=pageSize,proto3" json:"page_size,omitempty"`
-	// page_token is the next_page_token of the previous page.
+	// page_token is the next_page_token of the previous page. The other fields must be the
+	// same as on the request that returned it.
 	PageToken string `protobuf:"bytes,2,opt,name=page_token,json=pageToken,proto3" json:"page_token,omitempty"`
 	// status, when set, keeps only videos in that state.
-	Status        VideoStatus `protobuf:"varint,3,opt,name=status,proto3,enum=reelway.metadata.v1.VideoStatus" json:"status,omitempty"`
+	Status VideoStatus `protobuf:"varint,3,opt,name=status,proto3,enum=reelway.metadata.v1.VideoStatus" json:"status,omitempty"`
+	// owner_id, when set, keeps only that owner's videos.
+	OwnerId string `protobuf:"bytes,4,opt,name=owner_id,json=ownerId,proto3" json:"owner_id,omitempty"`
+	// visibility, when set, keeps only videos with that visibility.
+	Visibility Visibility `protobuf:"varint,5,opt,name=visibility,proto3,enum=reelway.metadata.v1.Visibility" json:"visibility,omitempty"`
+	// query, when set, keeps only videos whose title, description or tags contain every word
+	// of it, each as a whole word or the start of one (so "cat vid" finds "Cat videos").
+	// Words are runs of letters and digits, compared without regard to case; a query with
+	// no word is invalid. Results stay in creation-time order, not ranked by relevance, so
+	// paging through them is stable.
+	Query string `protobuf:"bytes,6,opt,name=query,proto3" json:"query,omitempty"`
+	// order is the direction of the creation-time order.
+	Order         VideoOrder `protobuf:"varint,7,opt,name=order,proto3,enum=reelway.metadata.v1.VideoOrder" json:"order,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -647,6 +714,34 @@ func (x *ListVideosRequest) GetStatus() VideoStatus {
 		return x.Status
 	}
 	return VideoStatus_VIDEO_STATUS_UNSPECIFIED
+}
+
+func (x *ListVideosRequest) GetOwnerId() string {
+	if x != nil {
+		return x.OwnerId
+	}
+	return ""
+}
+
+func (x *ListVideosRequest) GetVisibility() Visibility {
+	if x != nil {
+		return x.Visibility
+	}
+	return Visibility_VISIBILITY_UNSPECIFIED
+}
+
+func (x *ListVideosRequest) GetQuery() string {
+	if x != nil {
+		return x.Query
+	}
+	return ""
+}
+
+func (x *ListVideosRequest) GetOrder() VideoOrder {
+	if x != nil {
+		return x.Order
+	}
+	return VideoOrder_VIDEO_ORDER_UNSPECIFIED
 }
 
 type ListVideosResponse struct {
@@ -927,13 +1022,19 @@ const file_reelway_metadata_v1_metadata_proto_rawDesc = "" +
 	"\x0fGetVideoRequest\x12,\n" +
 	"\x02id\x18\x01 \x01(\tB\x1c\xbaH\x19r\x172\x15^[A-Za-z0-9_-]{1,64}$R\x02id\"D\n" +
 	"\x10GetVideoResponse\x120\n" +
-	"\x05video\x18\x01 \x01(\v2\x1a.reelway.metadata.v1.VideoR\x05video\"\xa9\x01\n" +
+	"\x05video\x18\x01 \x01(\v2\x1a.reelway.metadata.v1.VideoR\x05video\"\xf9\x02\n" +
 	"\x11ListVideosRequest\x12'\n" +
 	"\tpage_size\x18\x01 \x01(\x05B\n" +
 	"\xbaH\a\x1a\x05\x18\xf4\x03(\x00R\bpageSize\x12'\n" +
 	"\n" +
 	"page_token\x18\x02 \x01(\tB\b\xbaH\x05r\x03\x18\x80\x04R\tpageToken\x12B\n" +
-	"\x06status\x18\x03 \x01(\x0e2 .reelway.metadata.v1.VideoStatusB\b\xbaH\x05\x82\x01\x02\x10\x01R\x06status\"p\n" +
+	"\x06status\x18\x03 \x01(\x0e2 .reelway.metadata.v1.VideoStatusB\b\xbaH\x05\x82\x01\x02\x10\x01R\x06status\x12\"\n" +
+	"\bowner_id\x18\x04 \x01(\tB\a\xbaH\x04r\x02\x18@R\aownerId\x12I\n" +
+	"\n" +
+	"visibility\x18\x05 \x01(\x0e2\x1f.reelway.metadata.v1.VisibilityB\b\xbaH\x05\x82\x01\x02\x10\x01R\n" +
+	"visibility\x12\x1e\n" +
+	"\x05query\x18\x06 \x01(\tB\b\xbaH\x05r\x03\x18\x80\x02R\x05query\x12?\n" +
+	"\x05order\x18\a \x01(\x0e2\x1f.reelway.metadata.v1.VideoOrderB\b\xbaH\x05\x82\x01\x02\x10\x01R\x05order\"p\n" +
 	"\x12ListVideosResponse\x122\n" +
 	"\x06videos\x18\x01 \x03(\v2\x1a.reelway.metadata.v1.VideoR\x06videos\x12&\n" +
 	"\x0fnext_page_token\x18\x02 \x01(\tR\rnextPageToken\"\x93\x01\n" +
@@ -957,7 +1058,12 @@ const file_reelway_metadata_v1_metadata_proto_rawDesc = "" +
 	"\x16VISIBILITY_UNSPECIFIED\x10\x00\x12\x15\n" +
 	"\x11VISIBILITY_PUBLIC\x10\x01\x12\x17\n" +
 	"\x13VISIBILITY_UNLISTED\x10\x02\x12\x16\n" +
-	"\x12VISIBILITY_PRIVATE\x10\x032\xfe\x03\n" +
+	"\x12VISIBILITY_PRIVATE\x10\x03*e\n" +
+	"\n" +
+	"VideoOrder\x12\x1b\n" +
+	"\x17VIDEO_ORDER_UNSPECIFIED\x10\x00\x12\x1c\n" +
+	"\x18VIDEO_ORDER_NEWEST_FIRST\x10\x01\x12\x1c\n" +
+	"\x18VIDEO_ORDER_OLDEST_FIRST\x10\x022\xfe\x03\n" +
 	"\x0fMetadataService\x12`\n" +
 	"\vCreateVideo\x12'.reelway.metadata.v1.CreateVideoRequest\x1a(.reelway.metadata.v1.CreateVideoResponse\x12\\\n" +
 	"\bGetVideo\x12$.reelway.metadata.v1.GetVideoRequest\x1a%.reelway.metadata.v1.GetVideoResponse\"\x03\x90\x02\x01\x12b\n" +
@@ -978,55 +1084,58 @@ func file_reelway_metadata_v1_metadata_proto_rawDescGZIP() []byte {
 	return file_reelway_metadata_v1_metadata_proto_rawDescData
 }
 
-var file_reelway_metadata_v1_metadata_proto_enumTypes = make([]protoimpl.EnumInfo, 2)
+var file_reelway_metadata_v1_metadata_proto_enumTypes = make([]protoimpl.EnumInfo, 3)
 var file_reelway_metadata_v1_metadata_proto_msgTypes = make([]protoimpl.MessageInfo, 12)
 var file_reelway_metadata_v1_metadata_proto_goTypes = []any{
 	(VideoStatus)(0),              // 0: reelway.metadata.v1.VideoStatus
 	(Visibility)(0),               // 1: reelway.metadata.v1.Visibility
-	(*Rendition)(nil),             // 2: reelway.metadata.v1.Rendition
-	(*Video)(nil),                 // 3: reelway.metadata.v1.Video
-	(*CreateVideoRequest)(nil),    // 4: reelway.metadata.v1.CreateVideoRequest
-	(*CreateVideoResponse)(nil),   // 5: reelway.metadata.v1.CreateVideoResponse
-	(*GetVideoRequest)(nil),       // 6: reelway.metadata.v1.GetVideoRequest
-	(*GetVideoResponse)(nil),      // 7: reelway.metadata.v1.GetVideoResponse
-	(*ListVideosRequest)(nil),     // 8: reelway.metadata.v1.ListVideosRequest
-	(*ListVideosResponse)(nil),    // 9: reelway.metadata.v1.ListVideosResponse
-	(*UpdateVideoRequest)(nil),    // 10: reelway.metadata.v1.UpdateVideoRequest
-	(*UpdateVideoResponse)(nil),   // 11: reelway.metadata.v1.UpdateVideoResponse
-	(*DeleteVideoRequest)(nil),    // 12: reelway.metadata.v1.DeleteVideoRequest
-	(*DeleteVideoResponse)(nil),   // 13: reelway.metadata.v1.DeleteVideoResponse
-	(*timestamppb.Timestamp)(nil), // 14: google.protobuf.Timestamp
-	(*fieldmaskpb.FieldMask)(nil), // 15: google.protobuf.FieldMask
+	(VideoOrder)(0),               // 2: reelway.metadata.v1.VideoOrder
+	(*Rendition)(nil),             // 3: reelway.metadata.v1.Rendition
+	(*Video)(nil),                 // 4: reelway.metadata.v1.Video
+	(*CreateVideoRequest)(nil),    // 5: reelway.metadata.v1.CreateVideoRequest
+	(*CreateVideoResponse)(nil),   // 6: reelway.metadata.v1.CreateVideoResponse
+	(*GetVideoRequest)(nil),       // 7: reelway.metadata.v1.GetVideoRequest
+	(*GetVideoResponse)(nil),      // 8: reelway.metadata.v1.GetVideoResponse
+	(*ListVideosRequest)(nil),     // 9: reelway.metadata.v1.ListVideosRequest
+	(*ListVideosResponse)(nil),    // 10: reelway.metadata.v1.ListVideosResponse
+	(*UpdateVideoRequest)(nil),    // 11: reelway.metadata.v1.UpdateVideoRequest
+	(*UpdateVideoResponse)(nil),   // 12: reelway.metadata.v1.UpdateVideoResponse
+	(*DeleteVideoRequest)(nil),    // 13: reelway.metadata.v1.DeleteVideoRequest
+	(*DeleteVideoResponse)(nil),   // 14: reelway.metadata.v1.DeleteVideoResponse
+	(*timestamppb.Timestamp)(nil), // 15: google.protobuf.Timestamp
+	(*fieldmaskpb.FieldMask)(nil), // 16: google.protobuf.FieldMask
 }
 var file_reelway_metadata_v1_metadata_proto_depIdxs = []int32{
 	0,  // 0: reelway.metadata.v1.Video.status:type_name -> reelway.metadata.v1.VideoStatus
 	1,  // 1: reelway.metadata.v1.Video.visibility:type_name -> reelway.metadata.v1.Visibility
-	2,  // 2: reelway.metadata.v1.Video.renditions:type_name -> reelway.metadata.v1.Rendition
-	14, // 3: reelway.metadata.v1.Video.create_time:type_name -> google.protobuf.Timestamp
-	14, // 4: reelway.metadata.v1.Video.update_time:type_name -> google.protobuf.Timestamp
-	3,  // 5: reelway.metadata.v1.CreateVideoRequest.video:type_name -> reelway.metadata.v1.Video
-	3,  // 6: reelway.metadata.v1.CreateVideoResponse.video:type_name -> reelway.metadata.v1.Video
-	3,  // 7: reelway.metadata.v1.GetVideoResponse.video:type_name -> reelway.metadata.v1.Video
+	3,  // 2: reelway.metadata.v1.Video.renditions:type_name -> reelway.metadata.v1.Rendition
+	15, // 3: reelway.metadata.v1.Video.create_time:type_name -> google.protobuf.Timestamp
+	15, // 4: reelway.metadata.v1.Video.update_time:type_name -> google.protobuf.Timestamp
+	4,  // 5: reelway.metadata.v1.CreateVideoRequest.video:type_name -> reelway.metadata.v1.Video
+	4,  // 6: reelway.metadata.v1.CreateVideoResponse.video:type_name -> reelway.metadata.v1.Video
+	4,  // 7: reelway.metadata.v1.GetVideoResponse.video:type_name -> reelway.metadata.v1.Video
 	0,  // 8: reelway.metadata.v1.ListVideosRequest.status:type_name -> reelway.metadata.v1.VideoStatus
-	3,  // 9: reelway.metadata.v1.ListVideosResponse.videos:type_name -> reelway.metadata.v1.Video
-	3,  // 10: reelway.metadata.v1.UpdateVideoRequest.video:type_name -> reelway.metadata.v1.Video
-	15, // 11: reelway.metadata.v1.UpdateVideoRequest.update_mask:type_name -> google.protobuf.FieldMask
-	3,  // 12: reelway.metadata.v1.UpdateVideoResponse.video:type_name -> reelway.metadata.v1.Video
-	4,  // 13: reelway.metadata.v1.MetadataService.CreateVideo:input_type -> reelway.metadata.v1.CreateVideoRequest
-	6,  // 14: reelway.metadata.v1.MetadataService.GetVideo:input_type -> reelway.metadata.v1.GetVideoRequest
-	8,  // 15: reelway.metadata.v1.MetadataService.ListVideos:input_type -> reelway.metadata.v1.ListVideosRequest
-	10, // 16: reelway.metadata.v1.MetadataService.UpdateVideo:input_type -> reelway.metadata.v1.UpdateVideoRequest
-	12, // 17: reelway.metadata.v1.MetadataService.DeleteVideo:input_type -> reelway.metadata.v1.DeleteVideoRequest
-	5,  // 18: reelway.metadata.v1.MetadataService.CreateVideo:output_type -> reelway.metadata.v1.CreateVideoResponse
-	7,  // 19: reelway.metadata.v1.MetadataService.GetVideo:output_type -> reelway.metadata.v1.GetVideoResponse
-	9,  // 20: reelway.metadata.v1.MetadataService.ListVideos:output_type -> reelway.metadata.v1.ListVideosResponse
-	11, // 21: reelway.metadata.v1.MetadataService.UpdateVideo:output_type -> reelway.metadata.v1.UpdateVideoResponse
-	13, // 22: reelway.metadata.v1.MetadataService.DeleteVideo:output_type -> reelway.metadata.v1.DeleteVideoResponse
-	18, // [18:23] is the sub-list for method output_type
-	13, // [13:18] is the sub-list for method input_type
-	13, // [13:13] is the sub-list for extension type_name
-	13, // [13:13] is the sub-list for extension extendee
-	0,  // [0:13] is the sub-list for field type_name
+	1,  // 9: reelway.metadata.v1.ListVideosRequest.visibility:type_name -> reelway.metadata.v1.Visibility
+	2,  // 10: reelway.metadata.v1.ListVideosRequest.order:type_name -> reelway.metadata.v1.VideoOrder
+	4,  // 11: reelway.metadata.v1.ListVideosResponse.videos:type_name -> reelway.metadata.v1.Video
+	4,  // 12: reelway.metadata.v1.UpdateVideoRequest.video:type_name -> reelway.metadata.v1.Video
+	16, // 13: reelway.metadata.v1.UpdateVideoRequest.update_mask:type_name -> google.protobuf.FieldMask
+	4,  // 14: reelway.metadata.v1.UpdateVideoResponse.video:type_name -> reelway.metadata.v1.Video
+	5,  // 15: reelway.metadata.v1.MetadataService.CreateVideo:input_type -> reelway.metadata.v1.CreateVideoRequest
+	7,  // 16: reelway.metadata.v1.MetadataService.GetVideo:input_type -> reelway.metadata.v1.GetVideoRequest
+	9,  // 17: reelway.metadata.v1.MetadataService.ListVideos:input_type -> reelway.metadata.v1.ListVideosRequest
+	11, // 18: reelway.metadata.v1.MetadataService.UpdateVideo:input_type -> reelway.metadata.v1.UpdateVideoRequest
+	13, // 19: reelway.metadata.v1.MetadataService.DeleteVideo:input_type -> reelway.metadata.v1.DeleteVideoRequest
+	6,  // 20: reelway.metadata.v1.MetadataService.CreateVideo:output_type -> reelway.metadata.v1.CreateVideoResponse
+	8,  // 21: reelway.metadata.v1.MetadataService.GetVideo:output_type -> reelway.metadata.v1.GetVideoResponse
+	10, // 22: reelway.metadata.v1.MetadataService.ListVideos:output_type -> reelway.metadata.v1.ListVideosResponse
+	12, // 23: reelway.metadata.v1.MetadataService.UpdateVideo:output_type -> reelway.metadata.v1.UpdateVideoResponse
+	14, // 24: reelway.metadata.v1.MetadataService.DeleteVideo:output_type -> reelway.metadata.v1.DeleteVideoResponse
+	20, // [20:25] is the sub-list for method output_type
+	15, // [15:20] is the sub-list for method input_type
+	15, // [15:15] is the sub-list for extension type_name
+	15, // [15:15] is the sub-list for extension extendee
+	0,  // [0:15] is the sub-list for field type_name
 }
 
 func init() { file_reelway_metadata_v1_metadata_proto_init() }
@@ -1039,7 +1148,7 @@ func file_reelway_metadata_v1_metadata_proto_init() {
 		File: protoimpl.DescBuilder{
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_reelway_metadata_v1_metadata_proto_rawDesc), len(file_reelway_metadata_v1_metadata_proto_rawDesc)),
-			NumEnums:      2,
+			NumEnums:      3,
 			NumMessages:   12,
 			NumExtensions: 0,
 			NumServices:   1,

@@ -10,6 +10,7 @@ import (
 	_ "buf.build/gen/go/bufbuild/protovalidate/protocolbuffers/go/buf/validate"
 	protoreflect "google.golang.org/protobuf/reflect/protoreflect"
 	protoimpl "google.golang.org/protobuf/runtime/protoimpl"
+	timestamppb "google.golang.org/protobuf/types/known/timestamppb"
 	reflect "reflect"
 	sync "sync"
 	unsafe "unsafe"
@@ -72,7 +73,14 @@ type GetPlaybackResponse struct {
 	MasterUrl    string `protobuf:"bytes,1,opt,name=master_url,json=masterUrl,proto3" json:"master_url,omitempty"`
 	ThumbnailUrl string `protobuf:"bytes,2,opt,name=thumbnail_url,json=thumbnailUrl,proto3" json:"thumbnail_url,omitempty"`
 	// variant_urls lists each rendition's playlist path, as in the master playlist.
-	VariantUrls   []string `protobuf:"bytes,3,rep,name=variant_urls,json=variantUrls,proto3" json:"variant_urls,omitempty"`
+	VariantUrls []string `protobuf:"bytes,3,rep,name=variant_urls,json=variantUrls,proto3" json:"variant_urls,omitempty"`
+	// poster_url is a full-size still from inside the video, empty when there is none.
+	PosterUrl string `protobuf:"bytes,4,opt,name=poster_url,json=posterUrl,proto3" json:"poster_url,omitempty"`
+	// download_url is the best rendition as a progressive MP4, empty when there is none.
+	DownloadUrl string `protobuf:"bytes,5,opt,name=download_url,json=downloadUrl,proto3" json:"download_url,omitempty"`
+	// expire_time is when the playback token in the URLs stops working; unset for public
+	// and unlisted videos, whose URLs need no token.
+	ExpireTime    *timestamppb.Timestamp `protobuf:"bytes,6,opt,name=expire_time,json=expireTime,proto3" json:"expire_time,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -128,18 +136,44 @@ func (x *GetPlaybackResponse) GetVariantUrls() []string {
 	return nil
 }
 
+func (x *GetPlaybackResponse) GetPosterUrl() string {
+	if x != nil {
+		return x.PosterUrl
+	}
+	return ""
+}
+
+func (x *GetPlaybackResponse) GetDownloadUrl() string {
+	if x != nil {
+		return x.DownloadUrl
+	}
+	return ""
+}
+
+func (x *GetPlaybackResponse) GetExpireTime() *timestamppb.Timestamp {
+	if x != nil {
+		return x.ExpireTime
+	}
+	return nil
+}
+
 var File_reelway_streaming_v1_streaming_proto protoreflect.FileDescriptor
 
 const file_reelway_streaming_v1_streaming_proto_rawDesc = "" +
 	"\n" +
-	"$reelway/streaming/v1/streaming.proto\x12\x14reelway.streaming.v1\x1a\x1bbuf/validate/validate.proto\"M\n" +
+	"$reelway/streaming/v1/streaming.proto\x12\x14reelway.streaming.v1\x1a\x1bbuf/validate/validate.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"M\n" +
 	"\x12GetPlaybackRequest\x127\n" +
-	"\bvideo_id\x18\x01 \x01(\tB\x1c\xbaH\x19r\x172\x15^[A-Za-z0-9_-]{1,64}$R\avideoId\"|\n" +
+	"\bvideo_id\x18\x01 \x01(\tB\x1c\xbaH\x19r\x172\x15^[A-Za-z0-9_-]{1,64}$R\avideoId\"\xfb\x01\n" +
 	"\x13GetPlaybackResponse\x12\x1d\n" +
 	"\n" +
 	"master_url\x18\x01 \x01(\tR\tmasterUrl\x12#\n" +
 	"\rthumbnail_url\x18\x02 \x01(\tR\fthumbnailUrl\x12!\n" +
-	"\fvariant_urls\x18\x03 \x03(\tR\vvariantUrls2{\n" +
+	"\fvariant_urls\x18\x03 \x03(\tR\vvariantUrls\x12\x1d\n" +
+	"\n" +
+	"poster_url\x18\x04 \x01(\tR\tposterUrl\x12!\n" +
+	"\fdownload_url\x18\x05 \x01(\tR\vdownloadUrl\x12;\n" +
+	"\vexpire_time\x18\x06 \x01(\v2\x1a.google.protobuf.TimestampR\n" +
+	"expireTime2{\n" +
 	"\x10StreamingService\x12g\n" +
 	"\vGetPlayback\x12(.reelway.streaming.v1.GetPlaybackRequest\x1a).reelway.streaming.v1.GetPlaybackResponse\"\x03\x90\x02\x01BAZ?github.com/reelway/reelway/gen/reelway/streaming/v1;streamingv1b\x06proto3"
 
@@ -157,17 +191,19 @@ func file_reelway_streaming_v1_streaming_proto_rawDescGZIP() []byte {
 
 var file_reelway_streaming_v1_streaming_proto_msgTypes = make([]protoimpl.MessageInfo, 2)
 var file_reelway_streaming_v1_streaming_proto_goTypes = []any{
-	(*GetPlaybackRequest)(nil),  // 0: reelway.streaming.v1.GetPlaybackRequest
-	(*GetPlaybackResponse)(nil), // 1: reelway.streaming.v1.GetPlaybackResponse
+	(*GetPlaybackRequest)(nil),    // 0: reelway.streaming.v1.GetPlaybackRequest
+	(*GetPlaybackResponse)(nil),   // 1: reelway.streaming.v1.GetPlaybackResponse
+	(*timestamppb.Timestamp)(nil), // 2: google.protobuf.Timestamp
 }
 var file_reelway_streaming_v1_streaming_proto_depIdxs = []int32{
-	0, // 0: reelway.streaming.v1.StreamingService.GetPlayback:input_type -> reelway.streaming.v1.GetPlaybackRequest
-	1, // 1: reelway.streaming.v1.StreamingService.GetPlayback:output_type -> reelway.streaming.v1.GetPlaybackResponse
-	1, // [1:2] is the sub-list for method output_type
-	0, // [0:1] is the sub-list for method input_type
-	0, // [0:0] is the sub-list for extension type_name
-	0, // [0:0] is the sub-list for extension extendee
-	0, // [0:0] is the sub-list for field type_name
+	2, // 0: reelway.streaming.v1.GetPlaybackResponse.expire_time:type_name -> google.protobuf.Timestamp
+	0, // 1: reelway.streaming.v1.StreamingService.GetPlayback:input_type -> reelway.streaming.v1.GetPlaybackRequest
+	1, // 2: reelway.streaming.v1.StreamingService.GetPlayback:output_type -> reelway.streaming.v1.GetPlaybackResponse
+	2, // [2:3] is the sub-list for method output_type
+	1, // [1:2] is the sub-list for method input_type
+	1, // [1:1] is the sub-list for extension type_name
+	1, // [1:1] is the sub-list for extension extendee
+	0, // [0:1] is the sub-list for field type_name
 }
 
 func init() { file_reelway_streaming_v1_streaming_proto_init() }

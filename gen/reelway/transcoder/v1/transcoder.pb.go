@@ -23,6 +23,74 @@ const (
 	_ = protoimpl.EnforceVersion(protoimpl.MaxVersion - 20)
 )
 
+// TranscodeStage is the step a transcode is in.
+type TranscodeStage int32
+
+const (
+	TranscodeStage_TRANSCODE_STAGE_UNSPECIFIED TranscodeStage = 0
+	// TRANSCODE_STAGE_QUEUED: waiting for a free ffmpeg slot.
+	TranscodeStage_TRANSCODE_STAGE_QUEUED TranscodeStage = 1
+	// TRANSCODE_STAGE_PROBING: reading the source with ffprobe.
+	TranscodeStage_TRANSCODE_STAGE_PROBING TranscodeStage = 2
+	// TRANSCODE_STAGE_ENCODING: one ffmpeg run encodes every rendition.
+	TranscodeStage_TRANSCODE_STAGE_ENCODING TranscodeStage = 3
+	// TRANSCODE_STAGE_PACKAGING: thumbnail, poster, MP4 download and playlist checks.
+	TranscodeStage_TRANSCODE_STAGE_PACKAGING TranscodeStage = 4
+	// TRANSCODE_STAGE_DONE: the output is in place.
+	TranscodeStage_TRANSCODE_STAGE_DONE TranscodeStage = 5
+	// TRANSCODE_STAGE_FAILED: the transcode failed or was cancelled; see error.
+	TranscodeStage_TRANSCODE_STAGE_FAILED TranscodeStage = 6
+)
+
+// Enum value maps for TranscodeStage.
+var (
+	TranscodeStage_name = map[int32]string{
+		0: "TRANSCODE_STAGE_UNSPECIFIED",
+		1: "TRANSCODE_STAGE_QUEUED",
+		2: "TRANSCODE_STAGE_PROBING",
+		3: "TRANSCODE_STAGE_ENCODING",
+		4: "TRANSCODE_STAGE_PACKAGING",
+		5: "TRANSCODE_STAGE_DONE",
+		6: "TRANSCODE_STAGE_FAILED",
+	}
+	TranscodeStage_value = map[string]int32{
+		"TRANSCODE_STAGE_UNSPECIFIED": 0,
+		"TRANSCODE_STAGE_QUEUED":      1,
+		"TRANSCODE_STAGE_PROBING":     2,
+		"TRANSCODE_STAGE_ENCODING":    3,
+		"TRANSCODE_STAGE_PACKAGING":   4,
+		"TRANSCODE_STAGE_DONE":        5,
+		"TRANSCODE_STAGE_FAILED":      6,
+	}
+)
+
+func (x TranscodeStage) Enum() *TranscodeStage {
+	p := new(TranscodeStage)
+	*p = x
+	return p
+}
+
+func (x TranscodeStage) String() string {
+	return protoimpl.X.EnumStringOf(x.Descriptor(), protoreflect.EnumNumber(x))
+}
+
+func (TranscodeStage) Descriptor() protoreflect.EnumDescriptor {
+	return file_reelway_transcoder_v1_transcoder_proto_enumTypes[0].Descriptor()
+}
+
+func (TranscodeStage) Type() protoreflect.EnumType {
+	return &file_reelway_transcoder_v1_transcoder_proto_enumTypes[0]
+}
+
+func (x TranscodeStage) Number() protoreflect.EnumNumber {
+	return protoreflect.EnumNumber(x)
+}
+
+// Deprecated: Use TranscodeStage.Descriptor instead.
+func (TranscodeStage) EnumDescriptor() ([]byte, []int) {
+	return file_reelway_transcoder_v1_transcoder_proto_rawDescGZIP(), []int{0}
+}
+
 type ProbeRequest struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	VideoId       string                 `protobuf:"bytes,1,opt,name=video_id,json=videoId,proto3" json:"video_id,omitempty"`
@@ -70,13 +138,20 @@ func (x *ProbeRequest) GetVideoId() string {
 type ProbeResponse struct {
 	state           protoimpl.MessageState `protogen:"open.v1"`
 	DurationSeconds float64                `protobuf:"fixed64,1,opt,name=duration_seconds,json=durationSeconds,proto3" json:"duration_seconds,omitempty"`
-	Width           int32                  `protobuf:"varint,2,opt,name=width,proto3" json:"width,omitempty"`
-	Height          int32                  `protobuf:"varint,3,opt,name=height,proto3" json:"height,omitempty"`
-	VideoCodec      string                 `protobuf:"bytes,4,opt,name=video_codec,json=videoCodec,proto3" json:"video_codec,omitempty"`
-	AudioCodec      string                 `protobuf:"bytes,5,opt,name=audio_codec,json=audioCodec,proto3" json:"audio_codec,omitempty"`
-	HasAudio        bool                   `protobuf:"varint,6,opt,name=has_audio,json=hasAudio,proto3" json:"has_audio,omitempty"`
-	unknownFields   protoimpl.UnknownFields
-	sizeCache       protoimpl.SizeCache
+	// width and height are as displayed (swapped for video rotated by 90°).
+	Width      int32  `protobuf:"varint,2,opt,name=width,proto3" json:"width,omitempty"`
+	Height     int32  `protobuf:"varint,3,opt,name=height,proto3" json:"height,omitempty"`
+	VideoCodec string `protobuf:"bytes,4,opt,name=video_codec,json=videoCodec,proto3" json:"video_codec,omitempty"`
+	AudioCodec string `protobuf:"bytes,5,opt,name=audio_codec,json=audioCodec,proto3" json:"audio_codec,omitempty"`
+	HasAudio   bool   `protobuf:"varint,6,opt,name=has_audio,json=hasAudio,proto3" json:"has_audio,omitempty"`
+	// size_bytes is the source file's size.
+	SizeBytes int64 `protobuf:"varint,7,opt,name=size_bytes,json=sizeBytes,proto3" json:"size_bytes,omitempty"`
+	// frame_rate is the average frames per second.
+	FrameRate float64 `protobuf:"fixed64,8,opt,name=frame_rate,json=frameRate,proto3" json:"frame_rate,omitempty"`
+	// bit_rate is the source's overall bits per second, 0 when ffprobe cannot tell.
+	BitRate       int64 `protobuf:"varint,9,opt,name=bit_rate,json=bitRate,proto3" json:"bit_rate,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
 }
 
 func (x *ProbeResponse) Reset() {
@@ -151,6 +226,27 @@ func (x *ProbeResponse) GetHasAudio() bool {
 	return false
 }
 
+func (x *ProbeResponse) GetSizeBytes() int64 {
+	if x != nil {
+		return x.SizeBytes
+	}
+	return 0
+}
+
+func (x *ProbeResponse) GetFrameRate() float64 {
+	if x != nil {
+		return x.FrameRate
+	}
+	return 0
+}
+
+func (x *ProbeResponse) GetBitRate() int64 {
+	if x != nil {
+		return x.BitRate
+	}
+	return 0
+}
+
 type TranscodeRequest struct {
 	state   protoimpl.MessageState `protogen:"open.v1"`
 	VideoId string                 `protobuf:"bytes,1,opt,name=video_id,json=videoId,proto3" json:"video_id,omitempty"`
@@ -209,13 +305,25 @@ type TranscodeResponse struct {
 	Renditions []*v1.Rendition        `protobuf:"bytes,1,rep,name=renditions,proto3" json:"renditions,omitempty"`
 	// master_playlist is relative to the video's HLS folder.
 	MasterPlaylist string `protobuf:"bytes,2,opt,name=master_playlist,json=masterPlaylist,proto3" json:"master_playlist,omitempty"`
-	// thumbnail is relative to the video's HLS folder.
-	Thumbnail       string  `protobuf:"bytes,3,opt,name=thumbnail,proto3" json:"thumbnail,omitempty"`
+	// thumbnail is relative to the video's HLS folder (a JPEG at most 640 pixels wide).
+	Thumbnail string `protobuf:"bytes,3,opt,name=thumbnail,proto3" json:"thumbnail,omitempty"`
+	// duration_seconds, width, height and the fields below describe the source, as ffprobe
+	// read it.
 	DurationSeconds float64 `protobuf:"fixed64,4,opt,name=duration_seconds,json=durationSeconds,proto3" json:"duration_seconds,omitempty"`
 	Width           int32   `protobuf:"varint,5,opt,name=width,proto3" json:"width,omitempty"`
 	Height          int32   `protobuf:"varint,6,opt,name=height,proto3" json:"height,omitempty"`
-	unknownFields   protoimpl.UnknownFields
-	sizeCache       protoimpl.SizeCache
+	VideoCodec      string  `protobuf:"bytes,7,opt,name=video_codec,json=videoCodec,proto3" json:"video_codec,omitempty"`
+	AudioCodec      string  `protobuf:"bytes,8,opt,name=audio_codec,json=audioCodec,proto3" json:"audio_codec,omitempty"`
+	HasAudio        bool    `protobuf:"varint,9,opt,name=has_audio,json=hasAudio,proto3" json:"has_audio,omitempty"`
+	SizeBytes       int64   `protobuf:"varint,10,opt,name=size_bytes,json=sizeBytes,proto3" json:"size_bytes,omitempty"`
+	FrameRate       float64 `protobuf:"fixed64,11,opt,name=frame_rate,json=frameRate,proto3" json:"frame_rate,omitempty"`
+	BitRate         int64   `protobuf:"varint,12,opt,name=bit_rate,json=bitRate,proto3" json:"bit_rate,omitempty"`
+	// poster is relative to the video's HLS folder: a JPEG at the top rendition's size.
+	Poster string `protobuf:"bytes,13,opt,name=poster,proto3" json:"poster,omitempty"`
+	// download is relative to the video's HLS folder: the top rendition as a progressive MP4.
+	Download      string `protobuf:"bytes,14,opt,name=download,proto3" json:"download,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
 }
 
 func (x *TranscodeResponse) Reset() {
@@ -290,13 +398,202 @@ func (x *TranscodeResponse) GetHeight() int32 {
 	return 0
 }
 
+func (x *TranscodeResponse) GetVideoCodec() string {
+	if x != nil {
+		return x.VideoCodec
+	}
+	return ""
+}
+
+func (x *TranscodeResponse) GetAudioCodec() string {
+	if x != nil {
+		return x.AudioCodec
+	}
+	return ""
+}
+
+func (x *TranscodeResponse) GetHasAudio() bool {
+	if x != nil {
+		return x.HasAudio
+	}
+	return false
+}
+
+func (x *TranscodeResponse) GetSizeBytes() int64 {
+	if x != nil {
+		return x.SizeBytes
+	}
+	return 0
+}
+
+func (x *TranscodeResponse) GetFrameRate() float64 {
+	if x != nil {
+		return x.FrameRate
+	}
+	return 0
+}
+
+func (x *TranscodeResponse) GetBitRate() int64 {
+	if x != nil {
+		return x.BitRate
+	}
+	return 0
+}
+
+func (x *TranscodeResponse) GetPoster() string {
+	if x != nil {
+		return x.Poster
+	}
+	return ""
+}
+
+func (x *TranscodeResponse) GetDownload() string {
+	if x != nil {
+		return x.Download
+	}
+	return ""
+}
+
+type WatchTranscodeRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	VideoId       string                 `protobuf:"bytes,1,opt,name=video_id,json=videoId,proto3" json:"video_id,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *WatchTranscodeRequest) Reset() {
+	*x = WatchTranscodeRequest{}
+	mi := &file_reelway_transcoder_v1_transcoder_proto_msgTypes[4]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *WatchTranscodeRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*WatchTranscodeRequest) ProtoMessage() {}
+
+func (x *WatchTranscodeRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_reelway_transcoder_v1_transcoder_proto_msgTypes[4]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use WatchTranscodeRequest.ProtoReflect.Descriptor instead.
+func (*WatchTranscodeRequest) Descriptor() ([]byte, []int) {
+	return file_reelway_transcoder_v1_transcoder_proto_rawDescGZIP(), []int{4}
+}
+
+func (x *WatchTranscodeRequest) GetVideoId() string {
+	if x != nil {
+		return x.VideoId
+	}
+	return ""
+}
+
+type WatchTranscodeResponse struct {
+	state   protoimpl.MessageState `protogen:"open.v1"`
+	VideoId string                 `protobuf:"bytes,1,opt,name=video_id,json=videoId,proto3" json:"video_id,omitempty"`
+	JobId   string                 `protobuf:"bytes,2,opt,name=job_id,json=jobId,proto3" json:"job_id,omitempty"`
+	Stage   TranscodeStage         `protobuf:"varint,3,opt,name=stage,proto3,enum=reelway.transcoder.v1.TranscodeStage" json:"stage,omitempty"`
+	// percent of the whole transcode done, 0 to 100.
+	Percent float64 `protobuf:"fixed64,4,opt,name=percent,proto3" json:"percent,omitempty"`
+	// renditions the current stage produces. The encoding stage makes every rung in one
+	// ffmpeg run (the source is decoded once), so they progress together; packaging names
+	// the rendition remuxed into the MP4 download.
+	Renditions []string `protobuf:"bytes,5,rep,name=renditions,proto3" json:"renditions,omitempty"`
+	// error says why a FAILED transcode failed.
+	Error         string `protobuf:"bytes,6,opt,name=error,proto3" json:"error,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *WatchTranscodeResponse) Reset() {
+	*x = WatchTranscodeResponse{}
+	mi := &file_reelway_transcoder_v1_transcoder_proto_msgTypes[5]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *WatchTranscodeResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*WatchTranscodeResponse) ProtoMessage() {}
+
+func (x *WatchTranscodeResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_reelway_transcoder_v1_transcoder_proto_msgTypes[5]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use WatchTranscodeResponse.ProtoReflect.Descriptor instead.
+func (*WatchTranscodeResponse) Descriptor() ([]byte, []int) {
+	return file_reelway_transcoder_v1_transcoder_proto_rawDescGZIP(), []int{5}
+}
+
+func (x *WatchTranscodeResponse) GetVideoId() string {
+	if x != nil {
+		return x.VideoId
+	}
+	return ""
+}
+
+func (x *WatchTranscodeResponse) GetJobId() string {
+	if x != nil {
+		return x.JobId
+	}
+	return ""
+}
+
+func (x *WatchTranscodeResponse) GetStage() TranscodeStage {
+	if x != nil {
+		return x.Stage
+	}
+	return TranscodeStage_TRANSCODE_STAGE_UNSPECIFIED
+}
+
+func (x *WatchTranscodeResponse) GetPercent() float64 {
+	if x != nil {
+		return x.Percent
+	}
+	return 0
+}
+
+func (x *WatchTranscodeResponse) GetRenditions() []string {
+	if x != nil {
+		return x.Renditions
+	}
+	return nil
+}
+
+func (x *WatchTranscodeResponse) GetError() string {
+	if x != nil {
+		return x.Error
+	}
+	return ""
+}
+
 var File_reelway_transcoder_v1_transcoder_proto protoreflect.FileDescriptor
 
 const file_reelway_transcoder_v1_transcoder_proto_rawDesc = "" +
 	"\n" +
 	"&reelway/transcoder/v1/transcoder.proto\x12\x15reelway.transcoder.v1\x1a\x1bbuf/validate/validate.proto\x1a\"reelway/metadata/v1/metadata.proto\"G\n" +
 	"\fProbeRequest\x127\n" +
-	"\bvideo_id\x18\x01 \x01(\tB\x1c\xbaH\x19r\x172\x15^[A-Za-z0-9_-]{1,64}$R\avideoId\"\xc7\x01\n" +
+	"\bvideo_id\x18\x01 \x01(\tB\x1c\xbaH\x19r\x172\x15^[A-Za-z0-9_-]{1,64}$R\avideoId\"\xa0\x02\n" +
 	"\rProbeResponse\x12)\n" +
 	"\x10duration_seconds\x18\x01 \x01(\x01R\x0fdurationSeconds\x12\x14\n" +
 	"\x05width\x18\x02 \x01(\x05R\x05width\x12\x16\n" +
@@ -305,10 +602,15 @@ const file_reelway_transcoder_v1_transcoder_proto_rawDesc = "" +
 	"videoCodec\x12\x1f\n" +
 	"\vaudio_codec\x18\x05 \x01(\tR\n" +
 	"audioCodec\x12\x1b\n" +
-	"\thas_audio\x18\x06 \x01(\bR\bhasAudio\"k\n" +
+	"\thas_audio\x18\x06 \x01(\bR\bhasAudio\x12\x1d\n" +
+	"\n" +
+	"size_bytes\x18\a \x01(\x03R\tsizeBytes\x12\x1d\n" +
+	"\n" +
+	"frame_rate\x18\b \x01(\x01R\tframeRate\x12\x19\n" +
+	"\bbit_rate\x18\t \x01(\x03R\abitRate\"k\n" +
 	"\x10TranscodeRequest\x127\n" +
 	"\bvideo_id\x18\x01 \x01(\tB\x1c\xbaH\x19r\x172\x15^[A-Za-z0-9_-]{1,64}$R\avideoId\x12\x1e\n" +
-	"\x06job_id\x18\x02 \x01(\tB\a\xbaH\x04r\x02\x18@R\x05jobId\"\xf3\x01\n" +
+	"\x06job_id\x18\x02 \x01(\tB\a\xbaH\x04r\x02\x18@R\x05jobId\"\xdf\x03\n" +
 	"\x11TranscodeResponse\x12>\n" +
 	"\n" +
 	"renditions\x18\x01 \x03(\v2\x1e.reelway.metadata.v1.RenditionR\n" +
@@ -317,10 +619,43 @@ const file_reelway_transcoder_v1_transcoder_proto_rawDesc = "" +
 	"\tthumbnail\x18\x03 \x01(\tR\tthumbnail\x12)\n" +
 	"\x10duration_seconds\x18\x04 \x01(\x01R\x0fdurationSeconds\x12\x14\n" +
 	"\x05width\x18\x05 \x01(\x05R\x05width\x12\x16\n" +
-	"\x06height\x18\x06 \x01(\x05R\x06height2\xcc\x01\n" +
+	"\x06height\x18\x06 \x01(\x05R\x06height\x12\x1f\n" +
+	"\vvideo_codec\x18\a \x01(\tR\n" +
+	"videoCodec\x12\x1f\n" +
+	"\vaudio_codec\x18\b \x01(\tR\n" +
+	"audioCodec\x12\x1b\n" +
+	"\thas_audio\x18\t \x01(\bR\bhasAudio\x12\x1d\n" +
+	"\n" +
+	"size_bytes\x18\n" +
+	" \x01(\x03R\tsizeBytes\x12\x1d\n" +
+	"\n" +
+	"frame_rate\x18\v \x01(\x01R\tframeRate\x12\x19\n" +
+	"\bbit_rate\x18\f \x01(\x03R\abitRate\x12\x16\n" +
+	"\x06poster\x18\r \x01(\tR\x06poster\x12\x1a\n" +
+	"\bdownload\x18\x0e \x01(\tR\bdownload\"P\n" +
+	"\x15WatchTranscodeRequest\x127\n" +
+	"\bvideo_id\x18\x01 \x01(\tB\x1c\xbaH\x19r\x172\x15^[A-Za-z0-9_-]{1,64}$R\avideoId\"\xd7\x01\n" +
+	"\x16WatchTranscodeResponse\x12\x19\n" +
+	"\bvideo_id\x18\x01 \x01(\tR\avideoId\x12\x15\n" +
+	"\x06job_id\x18\x02 \x01(\tR\x05jobId\x12;\n" +
+	"\x05stage\x18\x03 \x01(\x0e2%.reelway.transcoder.v1.TranscodeStageR\x05stage\x12\x18\n" +
+	"\apercent\x18\x04 \x01(\x01R\apercent\x12\x1e\n" +
+	"\n" +
+	"renditions\x18\x05 \x03(\tR\n" +
+	"renditions\x12\x14\n" +
+	"\x05error\x18\x06 \x01(\tR\x05error*\xdd\x01\n" +
+	"\x0eTranscodeStage\x12\x1f\n" +
+	"\x1bTRANSCODE_STAGE_UNSPECIFIED\x10\x00\x12\x1a\n" +
+	"\x16TRANSCODE_STAGE_QUEUED\x10\x01\x12\x1b\n" +
+	"\x17TRANSCODE_STAGE_PROBING\x10\x02\x12\x1c\n" +
+	"\x18TRANSCODE_STAGE_ENCODING\x10\x03\x12\x1d\n" +
+	"\x19TRANSCODE_STAGE_PACKAGING\x10\x04\x12\x18\n" +
+	"\x14TRANSCODE_STAGE_DONE\x10\x05\x12\x1a\n" +
+	"\x16TRANSCODE_STAGE_FAILED\x10\x062\xc2\x02\n" +
 	"\x11TranscoderService\x12W\n" +
 	"\x05Probe\x12#.reelway.transcoder.v1.ProbeRequest\x1a$.reelway.transcoder.v1.ProbeResponse\"\x03\x90\x02\x01\x12^\n" +
-	"\tTranscode\x12'.reelway.transcoder.v1.TranscodeRequest\x1a(.reelway.transcoder.v1.TranscodeResponseBCZAgithub.com/reelway/reelway/gen/reelway/transcoder/v1;transcoderv1b\x06proto3"
+	"\tTranscode\x12'.reelway.transcoder.v1.TranscodeRequest\x1a(.reelway.transcoder.v1.TranscodeResponse\x12t\n" +
+	"\x0eWatchTranscode\x12,.reelway.transcoder.v1.WatchTranscodeRequest\x1a-.reelway.transcoder.v1.WatchTranscodeResponse\"\x03\x90\x02\x010\x01BCZAgithub.com/reelway/reelway/gen/reelway/transcoder/v1;transcoderv1b\x06proto3"
 
 var (
 	file_reelway_transcoder_v1_transcoder_proto_rawDescOnce sync.Once
@@ -334,25 +669,32 @@ func file_reelway_transcoder_v1_transcoder_proto_rawDescGZIP() []byte {
 	return file_reelway_transcoder_v1_transcoder_proto_rawDescData
 }
 
-var file_reelway_transcoder_v1_transcoder_proto_msgTypes = make([]protoimpl.MessageInfo, 4)
+var file_reelway_transcoder_v1_transcoder_proto_enumTypes = make([]protoimpl.EnumInfo, 1)
+var file_reelway_transcoder_v1_transcoder_proto_msgTypes = make([]protoimpl.MessageInfo, 6)
 var file_reelway_transcoder_v1_transcoder_proto_goTypes = []any{
-	(*ProbeRequest)(nil),      // 0: reelway.transcoder.v1.ProbeRequest
-	(*ProbeResponse)(nil),     // 1: reelway.transcoder.v1.ProbeResponse
-	(*TranscodeRequest)(nil),  // 2: reelway.transcoder.v1.TranscodeRequest
-	(*TranscodeResponse)(nil), // 3: reelway.transcoder.v1.TranscodeResponse
-	(*v1.Rendition)(nil),      // 4: reelway.metadata.v1.Rendition
+	(TranscodeStage)(0),            // 0: reelway.transcoder.v1.TranscodeStage
+	(*ProbeRequest)(nil),           // 1: reelway.transcoder.v1.ProbeRequest
+	(*ProbeResponse)(nil),          // 2: reelway.transcoder.v1.ProbeResponse
+	(*TranscodeRequest)(nil),       // 3: reelway.transcoder.v1.TranscodeRequest
+	(*TranscodeResponse)(nil),      // 4: reelway.transcoder.v1.TranscodeResponse
+	(*WatchTranscodeRequest)(nil),  // 5: reelway.transcoder.v1.WatchTranscodeRequest
+	(*WatchTranscodeResponse)(nil), // 6: reelway.transcoder.v1.WatchTranscodeResponse
+	(*v1.Rendition)(nil),           // 7: reelway.metadata.v1.Rendition
 }
 var file_reelway_transcoder_v1_transcoder_proto_depIdxs = []int32{
-	4, // 0: reelway.transcoder.v1.TranscodeResponse.renditions:type_name -> reelway.metadata.v1.Rendition
-	0, // 1: reelway.transcoder.v1.TranscoderService.Probe:input_type -> reelway.transcoder.v1.ProbeRequest
-	2, // 2: reelway.transcoder.v1.TranscoderService.Transcode:input_type -> reelway.transcoder.v1.TranscodeRequest
-	1, // 3: reelway.transcoder.v1.TranscoderService.Probe:output_type -> reelway.transcoder.v1.ProbeResponse
-	3, // 4: reelway.transcoder.v1.TranscoderService.Transcode:output_type -> reelway.transcoder.v1.TranscodeResponse
-	3, // [3:5] is the sub-list for method output_type
-	1, // [1:3] is the sub-list for method input_type
-	1, // [1:1] is the sub-list for extension type_name
-	1, // [1:1] is the sub-list for extension extendee
-	0, // [0:1] is the sub-list for field type_name
+	7, // 0: reelway.transcoder.v1.TranscodeResponse.renditions:type_name -> reelway.metadata.v1.Rendition
+	0, // 1: reelway.transcoder.v1.WatchTranscodeResponse.stage:type_name -> reelway.transcoder.v1.TranscodeStage
+	1, // 2: reelway.transcoder.v1.TranscoderService.Probe:input_type -> reelway.transcoder.v1.ProbeRequest
+	3, // 3: reelway.transcoder.v1.TranscoderService.Transcode:input_type -> reelway.transcoder.v1.TranscodeRequest
+	5, // 4: reelway.transcoder.v1.TranscoderService.WatchTranscode:input_type -> reelway.transcoder.v1.WatchTranscodeRequest
+	2, // 5: reelway.transcoder.v1.TranscoderService.Probe:output_type -> reelway.transcoder.v1.ProbeResponse
+	4, // 6: reelway.transcoder.v1.TranscoderService.Transcode:output_type -> reelway.transcoder.v1.TranscodeResponse
+	6, // 7: reelway.transcoder.v1.TranscoderService.WatchTranscode:output_type -> reelway.transcoder.v1.WatchTranscodeResponse
+	5, // [5:8] is the sub-list for method output_type
+	2, // [2:5] is the sub-list for method input_type
+	2, // [2:2] is the sub-list for extension type_name
+	2, // [2:2] is the sub-list for extension extendee
+	0, // [0:2] is the sub-list for field type_name
 }
 
 func init() { file_reelway_transcoder_v1_transcoder_proto_init() }
@@ -365,13 +707,14 @@ func file_reelway_transcoder_v1_transcoder_proto_init() {
 		File: protoimpl.DescBuilder{
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_reelway_transcoder_v1_transcoder_proto_rawDesc), len(file_reelway_transcoder_v1_transcoder_proto_rawDesc)),
-			NumEnums:      0,
-			NumMessages:   4,
+			NumEnums:      1,
+			NumMessages:   6,
 			NumExtensions: 0,
 			NumServices:   1,
 		},
 		GoTypes:           file_reelway_transcoder_v1_transcoder_proto_goTypes,
 		DependencyIndexes: file_reelway_transcoder_v1_transcoder_proto_depIdxs,
+		EnumInfos:         file_reelway_transcoder_v1_transcoder_proto_enumTypes,
 		MessageInfos:      file_reelway_transcoder_v1_transcoder_proto_msgTypes,
 	}.Build()
 	File_reelway_transcoder_v1_transcoder_proto = out.File

@@ -10,6 +10,7 @@ import (
 	_ "buf.build/gen/go/bufbuild/protovalidate/protocolbuffers/go/buf/validate"
 	protoreflect "google.golang.org/protobuf/reflect/protoreflect"
 	protoimpl "google.golang.org/protobuf/runtime/protoimpl"
+	timestamppb "google.golang.org/protobuf/types/known/timestamppb"
 	reflect "reflect"
 	sync "sync"
 	unsafe "unsafe"
@@ -229,11 +230,128 @@ func (x *UploadResponse) GetSha256() string {
 	return ""
 }
 
+type CreateUploadRequest struct {
+	state    protoimpl.MessageState `protogen:"open.v1"`
+	Metadata *UploadMetadata        `protobuf:"bytes,1,opt,name=metadata,proto3" json:"metadata,omitempty"`
+	// size_bytes is the exact length of the file that will be sent.
+	SizeBytes     int64 `protobuf:"varint,2,opt,name=size_bytes,json=sizeBytes,proto3" json:"size_bytes,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *CreateUploadRequest) Reset() {
+	*x = CreateUploadRequest{}
+	mi := &file_reelway_upload_v1_upload_proto_msgTypes[3]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *CreateUploadRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*CreateUploadRequest) ProtoMessage() {}
+
+func (x *CreateUploadRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_reelway_upload_v1_upload_proto_msgTypes[3]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use CreateUploadRequest.ProtoReflect.Descriptor instead.
+func (*CreateUploadRequest) Descriptor() ([]byte, []int) {
+	return file_reelway_upload_v1_upload_proto_rawDescGZIP(), []int{3}
+}
+
+func (x *CreateUploadRequest) GetMetadata() *UploadMetadata {
+	if x != nil {
+		return x.Metadata
+	}
+	return nil
+}
+
+func (x *CreateUploadRequest) GetSizeBytes() int64 {
+	if x != nil {
+		return x.SizeBytes
+	}
+	return 0
+}
+
+type CreateUploadResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// video_id is also the tus upload's id.
+	VideoId string `protobuf:"bytes,1,opt,name=video_id,json=videoId,proto3" json:"video_id,omitempty"`
+	// upload_url is the tus upload's path on the gateway, /v1/uploads/tus/<video_id>.
+	UploadUrl string `protobuf:"bytes,2,opt,name=upload_url,json=uploadUrl,proto3" json:"upload_url,omitempty"`
+	// expire_time is when the upload is dropped (and the video failed) if no bytes arrive
+	// before it; every PATCH pushes it back.
+	ExpireTime    *timestamppb.Timestamp `protobuf:"bytes,3,opt,name=expire_time,json=expireTime,proto3" json:"expire_time,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *CreateUploadResponse) Reset() {
+	*x = CreateUploadResponse{}
+	mi := &file_reelway_upload_v1_upload_proto_msgTypes[4]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *CreateUploadResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*CreateUploadResponse) ProtoMessage() {}
+
+func (x *CreateUploadResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_reelway_upload_v1_upload_proto_msgTypes[4]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use CreateUploadResponse.ProtoReflect.Descriptor instead.
+func (*CreateUploadResponse) Descriptor() ([]byte, []int) {
+	return file_reelway_upload_v1_upload_proto_rawDescGZIP(), []int{4}
+}
+
+func (x *CreateUploadResponse) GetVideoId() string {
+	if x != nil {
+		return x.VideoId
+	}
+	return ""
+}
+
+func (x *CreateUploadResponse) GetUploadUrl() string {
+	if x != nil {
+		return x.UploadUrl
+	}
+	return ""
+}
+
+func (x *CreateUploadResponse) GetExpireTime() *timestamppb.Timestamp {
+	if x != nil {
+		return x.ExpireTime
+	}
+	return nil
+}
+
 var File_reelway_upload_v1_upload_proto protoreflect.FileDescriptor
 
 const file_reelway_upload_v1_upload_proto_rawDesc = "" +
 	"\n" +
-	"\x1ereelway/upload/v1/upload.proto\x12\x11reelway.upload.v1\x1a\x1bbuf/validate/validate.proto\"\x84\x01\n" +
+	"\x1ereelway/upload/v1/upload.proto\x12\x11reelway.upload.v1\x1a\x1bbuf/validate/validate.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\x84\x01\n" +
 	"\x0eUploadMetadata\x12 \n" +
 	"\x05title\x18\x01 \x01(\tB\n" +
 	"\xbaH\ar\x05\x10\x01\x18\xc8\x01R\x05title\x12$\n" +
@@ -248,9 +366,20 @@ const file_reelway_upload_v1_upload_proto_rawDesc = "" +
 	"\bvideo_id\x18\x01 \x01(\tR\avideoId\x12\x1d\n" +
 	"\n" +
 	"size_bytes\x18\x02 \x01(\x03R\tsizeBytes\x12\x16\n" +
-	"\x06sha256\x18\x03 \x01(\tR\x06sha2562`\n" +
+	"\x06sha256\x18\x03 \x01(\tR\x06sha256\"\x84\x01\n" +
+	"\x13CreateUploadRequest\x12E\n" +
+	"\bmetadata\x18\x01 \x01(\v2!.reelway.upload.v1.UploadMetadataB\x06\xbaH\x03\xc8\x01\x01R\bmetadata\x12&\n" +
+	"\n" +
+	"size_bytes\x18\x02 \x01(\x03B\a\xbaH\x04\"\x02 \x00R\tsizeBytes\"\x8d\x01\n" +
+	"\x14CreateUploadResponse\x12\x19\n" +
+	"\bvideo_id\x18\x01 \x01(\tR\avideoId\x12\x1d\n" +
+	"\n" +
+	"upload_url\x18\x02 \x01(\tR\tuploadUrl\x12;\n" +
+	"\vexpire_time\x18\x03 \x01(\v2\x1a.google.protobuf.TimestampR\n" +
+	"expireTime2\xc1\x01\n" +
 	"\rUploadService\x12O\n" +
-	"\x06Upload\x12 .reelway.upload.v1.UploadRequest\x1a!.reelway.upload.v1.UploadResponse(\x01B;Z9github.com/reelway/reelway/gen/reelway/upload/v1;uploadv1b\x06proto3"
+	"\x06Upload\x12 .reelway.upload.v1.UploadRequest\x1a!.reelway.upload.v1.UploadResponse(\x01\x12_\n" +
+	"\fCreateUpload\x12&.reelway.upload.v1.CreateUploadRequest\x1a'.reelway.upload.v1.CreateUploadResponseB;Z9github.com/reelway/reelway/gen/reelway/upload/v1;uploadv1b\x06proto3"
 
 var (
 	file_reelway_upload_v1_upload_proto_rawDescOnce sync.Once
@@ -264,21 +393,28 @@ func file_reelway_upload_v1_upload_proto_rawDescGZIP() []byte {
 	return file_reelway_upload_v1_upload_proto_rawDescData
 }
 
-var file_reelway_upload_v1_upload_proto_msgTypes = make([]protoimpl.MessageInfo, 3)
+var file_reelway_upload_v1_upload_proto_msgTypes = make([]protoimpl.MessageInfo, 5)
 var file_reelway_upload_v1_upload_proto_goTypes = []any{
-	(*UploadMetadata)(nil), // 0: reelway.upload.v1.UploadMetadata
-	(*UploadRequest)(nil),  // 1: reelway.upload.v1.UploadRequest
-	(*UploadResponse)(nil), // 2: reelway.upload.v1.UploadResponse
+	(*UploadMetadata)(nil),        // 0: reelway.upload.v1.UploadMetadata
+	(*UploadRequest)(nil),         // 1: reelway.upload.v1.UploadRequest
+	(*UploadResponse)(nil),        // 2: reelway.upload.v1.UploadResponse
+	(*CreateUploadRequest)(nil),   // 3: reelway.upload.v1.CreateUploadRequest
+	(*CreateUploadResponse)(nil),  // 4: reelway.upload.v1.CreateUploadResponse
+	(*timestamppb.Timestamp)(nil), // 5: google.protobuf.Timestamp
 }
 var file_reelway_upload_v1_upload_proto_depIdxs = []int32{
 	0, // 0: reelway.upload.v1.UploadRequest.metadata:type_name -> reelway.upload.v1.UploadMetadata
-	1, // 1: reelway.upload.v1.UploadService.Upload:input_type -> reelway.upload.v1.UploadRequest
-	2, // 2: reelway.upload.v1.UploadService.Upload:output_type -> reelway.upload.v1.UploadResponse
-	2, // [2:3] is the sub-list for method output_type
-	1, // [1:2] is the sub-list for method input_type
-	1, // [1:1] is the sub-list for extension type_name
-	1, // [1:1] is the sub-list for extension extendee
-	0, // [0:1] is the sub-list for field type_name
+	0, // 1: reelway.upload.v1.CreateUploadRequest.metadata:type_name -> reelway.upload.v1.UploadMetadata
+	5, // 2: reelway.upload.v1.CreateUploadResponse.expire_time:type_name -> google.protobuf.Timestamp
+	1, // 3: reelway.upload.v1.UploadService.Upload:input_type -> reelway.upload.v1.UploadRequest
+	3, // 4: reelway.upload.v1.UploadService.CreateUpload:input_type -> reelway.upload.v1.CreateUploadRequest
+	2, // 5: reelway.upload.v1.UploadService.Upload:output_type -> reelway.upload.v1.UploadResponse
+	4, // 6: reelway.upload.v1.UploadService.CreateUpload:output_type -> reelway.upload.v1.CreateUploadResponse
+	5, // [5:7] is the sub-list for method output_type
+	3, // [3:5] is the sub-list for method input_type
+	3, // [3:3] is the sub-list for extension type_name
+	3, // [3:3] is the sub-list for extension extendee
+	0, // [0:3] is the sub-list for field type_name
 }
 
 func init() { file_reelway_upload_v1_upload_proto_init() }
@@ -296,7 +432,7 @@ func file_reelway_upload_v1_upload_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_reelway_upload_v1_upload_proto_rawDesc), len(file_reelway_upload_v1_upload_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   3,
+			NumMessages:   5,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

@@ -31,7 +31,13 @@ const (
 	JobState_JOB_STATE_QUEUED      JobState = 1
 	JobState_JOB_STATE_RUNNING     JobState = 2
 	JobState_JOB_STATE_SUCCEEDED   JobState = 3
-	JobState_JOB_STATE_FAILED      JobState = 4
+	// JOB_STATE_FAILED means the job cannot succeed (undecodable input); it was not retried.
+	JobState_JOB_STATE_FAILED JobState = 4
+	// JOB_STATE_DEAD means every attempt failed transiently; the job went to the dead-letter
+	// subject reelway.jobs.dead.<kind>.
+	JobState_JOB_STATE_DEAD JobState = 5
+	// JOB_STATE_CANCELLED means CancelJob stopped the job.
+	JobState_JOB_STATE_CANCELLED JobState = 6
 )
 
 // Enum value maps for JobState.
@@ -42,6 +48,8 @@ var (
 		2: "JOB_STATE_RUNNING",
 		3: "JOB_STATE_SUCCEEDED",
 		4: "JOB_STATE_FAILED",
+		5: "JOB_STATE_DEAD",
+		6: "JOB_STATE_CANCELLED",
 	}
 	JobState_value = map[string]int32{
 		"JOB_STATE_UNSPECIFIED": 0,
@@ -49,6 +57,8 @@ var (
 		"JOB_STATE_RUNNING":     2,
 		"JOB_STATE_SUCCEEDED":   3,
 		"JOB_STATE_FAILED":      4,
+		"JOB_STATE_DEAD":        5,
+		"JOB_STATE_CANCELLED":   6,
 	}
 )
 
@@ -83,13 +93,19 @@ type Job struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	Id    string                 `protobuf:"bytes,1,opt,name=id,proto3" json:"id,omitempty"`
 	// kind is what the job does, for example "transcode".
-	Kind          string                 `protobuf:"bytes,2,opt,name=kind,proto3" json:"kind,omitempty"`
-	VideoId       string                 `protobuf:"bytes,3,opt,name=video_id,json=videoId,proto3" json:"video_id,omitempty"`
-	State         JobState               `protobuf:"varint,4,opt,name=state,proto3,enum=reelway.worker.v1.JobState" json:"state,omitempty"`
-	Attempt       int32                  `protobuf:"varint,5,opt,name=attempt,proto3" json:"attempt,omitempty"`
-	Error         string                 `protobuf:"bytes,6,opt,name=error,proto3" json:"error,omitempty"`
-	CreateTime    *timestamppb.Timestamp `protobuf:"bytes,7,opt,name=create_time,json=createTime,proto3" json:"create_time,omitempty"`
-	UpdateTime    *timestamppb.Timestamp `protobuf:"bytes,8,opt,name=update_time,json=updateTime,proto3" json:"update_time,omitempty"`
+	Kind       string                 `protobuf:"bytes,2,opt,name=kind,proto3" json:"kind,omitempty"`
+	VideoId    string                 `protobuf:"bytes,3,opt,name=video_id,json=videoId,proto3" json:"video_id,omitempty"`
+	State      JobState               `protobuf:"varint,4,opt,name=state,proto3,enum=reelway.worker.v1.JobState" json:"state,omitempty"`
+	Attempt    int32                  `protobuf:"varint,5,opt,name=attempt,proto3" json:"attempt,omitempty"`
+	Error      string                 `protobuf:"bytes,6,opt,name=error,proto3" json:"error,omitempty"`
+	CreateTime *timestamppb.Timestamp `protobuf:"bytes,7,opt,name=create_time,json=createTime,proto3" json:"create_time,omitempty"`
+	UpdateTime *timestamppb.Timestamp `protobuf:"bytes,8,opt,name=update_time,json=updateTime,proto3" json:"update_time,omitempty"`
+	// max_attempts is how many attempts the job gets before it is dead-lettered.
+	MaxAttempts int32 `protobuf:"varint,9,opt,name=max_attempts,json=maxAttempts,proto3" json:"max_attempts,omitempty"`
+	// next_attempt_time is when a job waiting after a transient failure is tried again.
+	NextAttemptTime *timestamppb.Timestamp `protobuf:"bytes,10,opt,name=next_attempt_time,json=nextAttemptTime,proto3" json:"next_attempt_time,omitempty"`
+	// worker names the worker instance running the job, while it runs.
+	Worker        string `protobuf:"bytes,11,opt,name=worker,proto3" json:"worker,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -180,13 +196,38 @@ func (x *Job) GetUpdateTime() *timestamppb.Timestamp {
 	return nil
 }
 
+func (x *Job) GetMaxAttempts() int32 {
+	if x != nil {
+		return x.MaxAttempts
+	}
+	return 0
+}
+
+func (x *Job) GetNextAttemptTime() *timestamppb.Timestamp {
+	if x != nil {
+		return x.NextAttemptTime
+	}
+	return nil
+}
+
+func (x *Job) GetWorker() string {
+	if x != nil {
+		return x.Worker
+	}
+	return ""
+}
+
 type ListJobsRequest struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// state, when set, keeps only jobs in that state.
 	State JobState `protobuf:"varint,1,opt,name=state,proto3,enum=reelway.worker.v1.JobState" json:"state,omitempty"`
 	// video_id, when set, keeps only that video's jobs.
-	VideoId       string `protobuf:"bytes,2,opt,name=video_id,json=videoId,proto3" json:"video_id,omitempty"`
-	PageSize      int32  `protobuf:"varint,3,opt,name=page_size,json=pageSize,proto3" json:"page_size,omitempty"`
+	VideoId  string `protobuf:"bytes,2,opt,name=video_id,json=videoId,proto3" json:"video_id,omitempty"`
+	PageSize int32  `protobuf:"varint,3,opt,name=page_size,json=pageSize,proto3" json:"page_size,omitempty"`
+	// kind, when set, keeps only jobs of that kind.
+	Kind string `protobuf:"bytes,4,opt,name=kind,proto3" json:"kind,omitempty"`
+	// page_token continues a listing from a previous response's next_page_token.
+	PageToken     string `protobuf:"bytes,5,opt,name=page_token,json=pageToken,proto3" json:"page_token,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -242,9 +283,25 @@ func (x *ListJobsRequest) GetPageSize() int32 {
 	return 0
 }
 
+func (x *ListJobsRequest) GetKind() string {
+	if x != nil {
+		return x.Kind
+	}
+	return ""
+}
+
+func (x *ListJobsRequest) GetPageToken() string {
+	if x != nil {
+		return x.PageToken
+	}
+	return ""
+}
+
 type ListJobsResponse struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	Jobs          []*Job                 `protobuf:"bytes,1,rep,name=jobs,proto3" json:"jobs,omitempty"`
+	state protoimpl.MessageState `protogen:"open.v1"`
+	Jobs  []*Job                 `protobuf:"bytes,1,rep,name=jobs,proto3" json:"jobs,omitempty"`
+	// next_page_token, when set, fetches the next page.
+	NextPageToken string `protobuf:"bytes,2,opt,name=next_page_token,json=nextPageToken,proto3" json:"next_page_token,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -284,6 +341,13 @@ func (x *ListJobsResponse) GetJobs() []*Job {
 		return x.Jobs
 	}
 	return nil
+}
+
+func (x *ListJobsResponse) GetNextPageToken() string {
+	if x != nil {
+		return x.NextPageToken
+	}
+	return ""
 }
 
 type GetJobRequest struct {
@@ -374,11 +438,187 @@ func (x *GetJobResponse) GetJob() *Job {
 	return nil
 }
 
+type RetryJobRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Id            string                 `protobuf:"bytes,1,opt,name=id,proto3" json:"id,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *RetryJobRequest) Reset() {
+	*x = RetryJobRequest{}
+	mi := &file_reelway_worker_v1_worker_proto_msgTypes[5]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *RetryJobRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*RetryJobRequest) ProtoMessage() {}
+
+func (x *RetryJobRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_reelway_worker_v1_worker_proto_msgTypes[5]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use RetryJobRequest.ProtoReflect.Descriptor instead.
+func (*RetryJobRequest) Descriptor() ([]byte, []int) {
+	return file_reelway_worker_v1_worker_proto_rawDescGZIP(), []int{5}
+}
+
+func (x *RetryJobRequest) GetId() string {
+	if x != nil {
+		return x.Id
+	}
+	return ""
+}
+
+type RetryJobResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Job           *Job                   `protobuf:"bytes,1,opt,name=job,proto3" json:"job,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *RetryJobResponse) Reset() {
+	*x = RetryJobResponse{}
+	mi := &file_reelway_worker_v1_worker_proto_msgTypes[6]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *RetryJobResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*RetryJobResponse) ProtoMessage() {}
+
+func (x *RetryJobResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_reelway_worker_v1_worker_proto_msgTypes[6]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use RetryJobResponse.ProtoReflect.Descriptor instead.
+func (*RetryJobResponse) Descriptor() ([]byte, []int) {
+	return file_reelway_worker_v1_worker_proto_rawDescGZIP(), []int{6}
+}
+
+func (x *RetryJobResponse) GetJob() *Job {
+	if x != nil {
+		return x.Job
+	}
+	return nil
+}
+
+type CancelJobRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Id            string                 `protobuf:"bytes,1,opt,name=id,proto3" json:"id,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *CancelJobRequest) Reset() {
+	*x = CancelJobRequest{}
+	mi := &file_reelway_worker_v1_worker_proto_msgTypes[7]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *CancelJobRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*CancelJobRequest) ProtoMessage() {}
+
+func (x *CancelJobRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_reelway_worker_v1_worker_proto_msgTypes[7]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use CancelJobRequest.ProtoReflect.Descriptor instead.
+func (*CancelJobRequest) Descriptor() ([]byte, []int) {
+	return file_reelway_worker_v1_worker_proto_rawDescGZIP(), []int{7}
+}
+
+func (x *CancelJobRequest) GetId() string {
+	if x != nil {
+		return x.Id
+	}
+	return ""
+}
+
+type CancelJobResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Job           *Job                   `protobuf:"bytes,1,opt,name=job,proto3" json:"job,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *CancelJobResponse) Reset() {
+	*x = CancelJobResponse{}
+	mi := &file_reelway_worker_v1_worker_proto_msgTypes[8]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *CancelJobResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*CancelJobResponse) ProtoMessage() {}
+
+func (x *CancelJobResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_reelway_worker_v1_worker_proto_msgTypes[8]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use CancelJobResponse.ProtoReflect.Descriptor instead.
+func (*CancelJobResponse) Descriptor() ([]byte, []int) {
+	return file_reelway_worker_v1_worker_proto_rawDescGZIP(), []int{8}
+}
+
+func (x *CancelJobResponse) GetJob() *Job {
+	if x != nil {
+		return x.Job
+	}
+	return nil
+}
+
 var File_reelway_worker_v1_worker_proto protoreflect.FileDescriptor
 
 const file_reelway_worker_v1_worker_proto_rawDesc = "" +
 	"\n" +
-	"\x1ereelway/worker/v1/worker.proto\x12\x11reelway.worker.v1\x1a\x1bbuf/validate/validate.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xa1\x02\n" +
+	"\x1ereelway/worker/v1/worker.proto\x12\x11reelway.worker.v1\x1a\x1bbuf/validate/validate.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xa4\x03\n" +
 	"\x03Job\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\tR\x02id\x12\x12\n" +
 	"\x04kind\x18\x02 \x01(\tR\x04kind\x12\x19\n" +
@@ -389,27 +629,47 @@ const file_reelway_worker_v1_worker_proto_rawDesc = "" +
 	"\vcreate_time\x18\a \x01(\v2\x1a.google.protobuf.TimestampR\n" +
 	"createTime\x12;\n" +
 	"\vupdate_time\x18\b \x01(\v2\x1a.google.protobuf.TimestampR\n" +
-	"updateTime\"\xb3\x01\n" +
+	"updateTime\x12!\n" +
+	"\fmax_attempts\x18\t \x01(\x05R\vmaxAttempts\x12F\n" +
+	"\x11next_attempt_time\x18\n" +
+	" \x01(\v2\x1a.google.protobuf.TimestampR\x0fnextAttemptTime\x12\x16\n" +
+	"\x06worker\x18\v \x01(\tR\x06worker\"\x92\x02\n" +
 	"\x0fListJobsRequest\x12;\n" +
 	"\x05state\x18\x01 \x01(\x0e2\x1b.reelway.worker.v1.JobStateB\b\xbaH\x05\x82\x01\x02\x10\x01R\x05state\x12:\n" +
 	"\bvideo_id\x18\x02 \x01(\tB\x1f\xbaH\x1cr\x1a2\x18^([A-Za-z0-9_-]{1,64})?$R\avideoId\x12'\n" +
 	"\tpage_size\x18\x03 \x01(\x05B\n" +
-	"\xbaH\a\x1a\x05\x18\xf4\x03(\x00R\bpageSize\">\n" +
+	"\xbaH\a\x1a\x05\x18\xf4\x03(\x00R\bpageSize\x124\n" +
+	"\x04kind\x18\x04 \x01(\tB \xbaH\x1dr\x1b2\x19^([a-z][a-z0-9_]{0,31})?$R\x04kind\x12'\n" +
+	"\n" +
+	"page_token\x18\x05 \x01(\tB\b\xbaH\x05r\x03\x18\xc8\x01R\tpageToken\"f\n" +
 	"\x10ListJobsResponse\x12*\n" +
-	"\x04jobs\x18\x01 \x03(\v2\x16.reelway.worker.v1.JobR\x04jobs\"=\n" +
+	"\x04jobs\x18\x01 \x03(\v2\x16.reelway.worker.v1.JobR\x04jobs\x12&\n" +
+	"\x0fnext_page_token\x18\x02 \x01(\tR\rnextPageToken\"=\n" +
 	"\rGetJobRequest\x12,\n" +
 	"\x02id\x18\x01 \x01(\tB\x1c\xbaH\x19r\x172\x15^[A-Za-z0-9_-]{1,64}$R\x02id\":\n" +
 	"\x0eGetJobResponse\x12(\n" +
-	"\x03job\x18\x01 \x01(\v2\x16.reelway.worker.v1.JobR\x03job*\x81\x01\n" +
+	"\x03job\x18\x01 \x01(\v2\x16.reelway.worker.v1.JobR\x03job\"?\n" +
+	"\x0fRetryJobRequest\x12,\n" +
+	"\x02id\x18\x01 \x01(\tB\x1c\xbaH\x19r\x172\x15^[A-Za-z0-9_-]{1,64}$R\x02id\"<\n" +
+	"\x10RetryJobResponse\x12(\n" +
+	"\x03job\x18\x01 \x01(\v2\x16.reelway.worker.v1.JobR\x03job\"@\n" +
+	"\x10CancelJobRequest\x12,\n" +
+	"\x02id\x18\x01 \x01(\tB\x1c\xbaH\x19r\x172\x15^[A-Za-z0-9_-]{1,64}$R\x02id\"=\n" +
+	"\x11CancelJobResponse\x12(\n" +
+	"\x03job\x18\x01 \x01(\v2\x16.reelway.worker.v1.JobR\x03job*\xae\x01\n" +
 	"\bJobState\x12\x19\n" +
 	"\x15JOB_STATE_UNSPECIFIED\x10\x00\x12\x14\n" +
 	"\x10JOB_STATE_QUEUED\x10\x01\x12\x15\n" +
 	"\x11JOB_STATE_RUNNING\x10\x02\x12\x17\n" +
 	"\x13JOB_STATE_SUCCEEDED\x10\x03\x12\x14\n" +
-	"\x10JOB_STATE_FAILED\x10\x042\xbd\x01\n" +
+	"\x10JOB_STATE_FAILED\x10\x04\x12\x12\n" +
+	"\x0eJOB_STATE_DEAD\x10\x05\x12\x17\n" +
+	"\x13JOB_STATE_CANCELLED\x10\x062\xea\x02\n" +
 	"\rWorkerService\x12X\n" +
 	"\bListJobs\x12\".reelway.worker.v1.ListJobsRequest\x1a#.reelway.worker.v1.ListJobsResponse\"\x03\x90\x02\x01\x12R\n" +
-	"\x06GetJob\x12 .reelway.worker.v1.GetJobRequest\x1a!.reelway.worker.v1.GetJobResponse\"\x03\x90\x02\x01B;Z9github.com/reelway/reelway/gen/reelway/worker/v1;workerv1b\x06proto3"
+	"\x06GetJob\x12 .reelway.worker.v1.GetJobRequest\x1a!.reelway.worker.v1.GetJobResponse\"\x03\x90\x02\x01\x12S\n" +
+	"\bRetryJob\x12\".reelway.worker.v1.RetryJobRequest\x1a#.reelway.worker.v1.RetryJobResponse\x12V\n" +
+	"\tCancelJob\x12#.reelway.worker.v1.CancelJobRequest\x1a$.reelway.worker.v1.CancelJobResponseB;Z9github.com/reelway/reelway/gen/reelway/worker/v1;workerv1b\x06proto3"
 
 var (
 	file_reelway_worker_v1_worker_proto_rawDescOnce sync.Once
@@ -424,7 +684,7 @@ func file_reelway_worker_v1_worker_proto_rawDescGZIP() []byte {
 }
 
 var file_reelway_worker_v1_worker_proto_enumTypes = make([]protoimpl.EnumInfo, 1)
-var file_reelway_worker_v1_worker_proto_msgTypes = make([]protoimpl.MessageInfo, 5)
+var file_reelway_worker_v1_worker_proto_msgTypes = make([]protoimpl.MessageInfo, 9)
 var file_reelway_worker_v1_worker_proto_goTypes = []any{
 	(JobState)(0),                 // 0: reelway.worker.v1.JobState
 	(*Job)(nil),                   // 1: reelway.worker.v1.Job
@@ -432,24 +692,35 @@ var file_reelway_worker_v1_worker_proto_goTypes = []any{
 	(*ListJobsResponse)(nil),      // 3: reelway.worker.v1.ListJobsResponse
 	(*GetJobRequest)(nil),         // 4: reelway.worker.v1.GetJobRequest
 	(*GetJobResponse)(nil),        // 5: reelway.worker.v1.GetJobResponse
-	(*timestamppb.Timestamp)(nil), // 6: google.protobuf.Timestamp
+	(*RetryJobRequest)(nil),       // 6: reelway.worker.v1.RetryJobRequest
+	(*RetryJobResponse)(nil),      // 7: reelway.worker.v1.RetryJobResponse
+	(*CancelJobRequest)(nil),      // 8: reelway.worker.v1.CancelJobRequest
+	(*CancelJobResponse)(nil),     // 9: reelway.worker.v1.CancelJobResponse
+	(*timestamppb.Timestamp)(nil), // 10: google.protobuf.Timestamp
 }
 var file_reelway_worker_v1_worker_proto_depIdxs = []int32{
-	0, // 0: reelway.worker.v1.Job.state:type_name -> reelway.worker.v1.JobState
-	6, // 1: reelway.worker.v1.Job.create_time:type_name -> google.protobuf.Timestamp
-	6, // 2: reelway.worker.v1.Job.update_time:type_name -> google.protobuf.Timestamp
-	0, // 3: reelway.worker.v1.ListJobsRequest.state:type_name -> reelway.worker.v1.JobState
-	1, // 4: reelway.worker.v1.ListJobsResponse.jobs:type_name -> reelway.worker.v1.Job
-	1, // 5: reelway.worker.v1.GetJobResponse.job:type_name -> reelway.worker.v1.Job
-	2, // 6: reelway.worker.v1.WorkerService.ListJobs:input_type -> reelway.worker.v1.ListJobsRequest
-	4, // 7: reelway.worker.v1.WorkerService.GetJob:input_type -> reelway.worker.v1.GetJobRequest
-	3, // 8: reelway.worker.v1.WorkerService.ListJobs:output_type -> reelway.worker.v1.ListJobsResponse
-	5, // 9: reelway.worker.v1.WorkerService.GetJob:output_type -> reelway.worker.v1.GetJobResponse
-	8, // [8:10] is the sub-list for method output_type
-	6, // [6:8] is the sub-list for method input_type
-	6, // [6:6] is the sub-list for extension type_name
-	6, // [6:6] is the sub-list for extension extendee
-	0, // [0:6] is the sub-list for field type_name
+	0,  // 0: reelway.worker.v1.Job.state:type_name -> reelway.worker.v1.JobState
+	10, // 1: reelway.worker.v1.Job.create_time:type_name -> google.protobuf.Timestamp
+	10, // 2: reelway.worker.v1.Job.update_time:type_name -> google.protobuf.Timestamp
+	10, // 3: reelway.worker.v1.Job.next_attempt_time:type_name -> google.protobuf.Timestamp
+	0,  // 4: reelway.worker.v1.ListJobsRequest.state:type_name -> reelway.worker.v1.JobState
+	1,  // 5: reelway.worker.v1.ListJobsResponse.jobs:type_name -> reelway.worker.v1.Job
+	1,  // 6: reelway.worker.v1.GetJobResponse.job:type_name -> reelway.worker.v1.Job
+	1,  // 7: reelway.worker.v1.RetryJobResponse.job:type_name -> reelway.worker.v1.Job
+	1,  // 8: reelway.worker.v1.CancelJobResponse.job:type_name -> reelway.worker.v1.Job
+	2,  // 9: reelway.worker.v1.WorkerService.ListJobs:input_type -> reelway.worker.v1.ListJobsRequest
+	4,  // 10: reelway.worker.v1.WorkerService.GetJob:input_type -> reelway.worker.v1.GetJobRequest
+	6,  // 11: reelway.worker.v1.WorkerService.RetryJob:input_type -> reelway.worker.v1.RetryJobRequest
+	8,  // 12: reelway.worker.v1.WorkerService.CancelJob:input_type -> reelway.worker.v1.CancelJobRequest
+	3,  // 13: reelway.worker.v1.WorkerService.ListJobs:output_type -> reelway.worker.v1.ListJobsResponse
+	5,  // 14: reelway.worker.v1.WorkerService.GetJob:output_type -> reelway.worker.v1.GetJobResponse
+	7,  // 15: reelway.worker.v1.WorkerService.RetryJob:output_type -> reelway.worker.v1.RetryJobResponse
+	9,  // 16: reelway.worker.v1.WorkerService.CancelJob:output_type -> reelway.worker.v1.CancelJobResponse
+	13, // [13:17] is the sub-list for method output_type
+	9,  // [9:13] is the sub-list for method input_type
+	9,  // [9:9] is the sub-list for extension type_name
+	9,  // [9:9] is the sub-list for extension extendee
+	0,  // [0:9] is the sub-list for field type_name
 }
 
 func init() { file_reelway_worker_v1_worker_proto_init() }
@@ -463,7 +734,7 @@ func file_reelway_worker_v1_worker_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_reelway_worker_v1_worker_proto_rawDesc), len(file_reelway_worker_v1_worker_proto_rawDesc)),
 			NumEnums:      1,
-			NumMessages:   5,
+			NumMessages:   9,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

@@ -57,11 +57,13 @@ type MetadataServiceClient interface {
 	CreateVideo(context.Context, *v1.CreateVideoRequest) (*v1.CreateVideoResponse, error)
 	// GetVideo returns one video.
 	GetVideo(context.Context, *v1.GetVideoRequest) (*v1.GetVideoResponse, error)
-	// ListVideos pages through videos, newest first.
+	// ListVideos pages through the videos that match the filters and the search query, by
+	// creation time (newest first unless order says otherwise). Deleted videos never appear.
 	ListVideos(context.Context, *v1.ListVideosRequest) (*v1.ListVideosResponse, error)
 	// UpdateVideo changes the fields named in update_mask.
 	UpdateVideo(context.Context, *v1.UpdateVideoRequest) (*v1.UpdateVideoResponse, error)
-	// DeleteVideo removes a video.
+	// DeleteVideo deletes a video: from this call on it is not_found for GetVideo and absent
+	// from ListVideos, and video.deleted announces it so its files can be removed.
 	DeleteVideo(context.Context, *v1.DeleteVideoRequest) (*v1.DeleteVideoResponse, error)
 }
 
@@ -173,11 +175,13 @@ type MetadataServiceHandler interface {
 	CreateVideo(context.Context, *v1.CreateVideoRequest) (*v1.CreateVideoResponse, error)
 	// GetVideo returns one video.
 	GetVideo(context.Context, *v1.GetVideoRequest) (*v1.GetVideoResponse, error)
-	// ListVideos pages through videos, newest first.
+	// ListVideos pages through the videos that match the filters and the search query, by
+	// creation time (newest first unless order says otherwise). Deleted videos never appear.
 	ListVideos(context.Context, *v1.ListVideosRequest) (*v1.ListVideosResponse, error)
 	// UpdateVideo changes the fields named in update_mask.
 	UpdateVideo(context.Context, *v1.UpdateVideoRequest) (*v1.UpdateVideoResponse, error)
-	// DeleteVideo removes a video.
+	// DeleteVideo deletes a video: from this call on it is not_found for GetVideo and absent
+	// from ListVideos, and video.deleted announces it so its files can be removed.
 	DeleteVideo(context.Context, *v1.DeleteVideoRequest) (*v1.DeleteVideoResponse, error)
 }
 

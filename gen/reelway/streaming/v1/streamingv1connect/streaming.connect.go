@@ -40,7 +40,9 @@ const (
 
 // StreamingServiceClient is a client for the reelway.streaming.v1.StreamingService service.
 type StreamingServiceClient interface {
-	// GetPlayback returns the URLs a player needs for a ready video.
+	// GetPlayback returns the URLs a player needs for a ready video. For a private video the
+	// caller must present the owner's auth token (Authorization: Bearer); every URL then
+	// carries a short-lived playback token scoped to that video.
 	GetPlayback(context.Context, *v1.GetPlaybackRequest) (*v1.GetPlaybackResponse, error)
 }
 
@@ -82,7 +84,9 @@ func (c *streamingServiceClient) GetPlayback(ctx context.Context, req *v1.GetPla
 // StreamingServiceHandler is an implementation of the reelway.streaming.v1.StreamingService
 // service.
 type StreamingServiceHandler interface {
-	// GetPlayback returns the URLs a player needs for a ready video.
+	// GetPlayback returns the URLs a player needs for a ready video. For a private video the
+	// caller must present the owner's auth token (Authorization: Bearer); every URL then
+	// carries a short-lived playback token scoped to that video.
 	GetPlayback(context.Context, *v1.GetPlaybackRequest) (*v1.GetPlaybackResponse, error)
 }
 

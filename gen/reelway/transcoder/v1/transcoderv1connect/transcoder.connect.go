@@ -38,15 +38,23 @@ const (
 	// TranscoderServiceTranscodeProcedure is the fully-qualified name of the TranscoderService's
 	// Transcode RPC.
 	TranscoderServiceTranscodeProcedure = "/reelway.transcoder.v1.TranscoderService/Transcode"
+	// TranscoderServiceWatchTranscodeProcedure is the fully-qualified name of the TranscoderService's
+	// WatchTranscode RPC.
+	TranscoderServiceWatchTranscodeProcedure = "/reelway.transcoder.v1.TranscoderService/WatchTranscode"
 )
 
 // TranscoderServiceClient is a client for the reelway.transcoder.v1.TranscoderService service.
 type TranscoderServiceClient interface {
 	// Probe reads the media facts of an uploaded source with ffprobe.
 	Probe(context.Context, *v1.ProbeRequest) (*v1.ProbeResponse, error)
-	// Transcode makes the HLS renditions, master playlist and thumbnail of a video. It
-	// returns when they are complete; a cancelled call kills ffmpeg and leaves nothing behind.
+	// Transcode makes the HLS renditions, master playlist, thumbnail, poster and progressive
+	// MP4 download of a video. It returns when they are complete; a cancelled or timed-out
+	// call kills ffmpeg and leaves nothing behind.
 	Transcode(context.Context, *v1.TranscodeRequest) (*v1.TranscodeResponse, error)
+	// WatchTranscode streams the progress of the video's transcode running in this process,
+	// one message per change, and ends after the final state. When none is running it sends
+	// the last known final state (or not_found when there is none) and ends.
+	WatchTranscode(context.Context, *v1.WatchTranscodeRequest) (*connect.ServerStreamForClient[v1.WatchTranscodeResponse], error)
 }
 
 // NewTranscoderServiceClient constructs a client for the reelway.transcoder.v1.TranscoderService
@@ -73,13 +81,21 @@ func NewTranscoderServiceClient(httpClient connect.HTTPClient, baseURL string, o
 			connect.WithSchema(transcoderServiceMethods.ByName("Transcode")),
 			connect.WithClientOptions(opts...),
 		),
+		watchTranscode: connect.NewClient[v1.WatchTranscodeRequest, v1.WatchTranscodeResponse](
+			httpClient,
+			baseURL+TranscoderServiceWatchTranscodeProcedure,
+			connect.WithSchema(transcoderServiceMethods.ByName("WatchTranscode")),
+			connect.WithIdempotency(connect.IdempotencyNoSideEffects),
+			connect.WithClientOptions(opts...),
+		),
 	}
 }
 
 // transcoderServiceClient implements TranscoderServiceClient.
 type transcoderServiceClient struct {
-	probe     *connect.Client[v1.ProbeRequest, v1.ProbeResponse]
-	transcode *connect.Client[v1.TranscodeRequest, v1.TranscodeResponse]
+	probe          *connect.Client[v1.ProbeRequest, v1.ProbeResponse]
+	transcode      *connect.Client[v1.TranscodeRequest, v1.TranscodeResponse]
+	watchTranscode *connect.Client[v1.WatchTranscodeRequest, v1.WatchTranscodeResponse]
 }
 
 // Probe calls reelway.transcoder.v1.TranscoderService.Probe.
@@ -100,14 +116,24 @@ func (c *transcoderServiceClient) Transcode(ctx context.Context, req *v1.Transco
 	return nil, err
 }
 
+// WatchTranscode calls reelway.transcoder.v1.TranscoderService.WatchTranscode.
+func (c *transcoderServiceClient) WatchTranscode(ctx context.Context, req *v1.WatchTranscodeRequest) (*connect.ServerStreamForClient[v1.WatchTranscodeResponse], error) {
+	return c.watchTranscode.CallServerStream(ctx, connect.NewRequest(req))
+}
+
 // TranscoderServiceHandler is an implementation of the reelway.transcoder.v1.TranscoderService
 // service.
 type TranscoderServiceHandler interface {
 	// Probe reads the media facts of an uploaded source with ffprobe.
 	Probe(context.Context, *v1.ProbeRequest) (*v1.ProbeResponse, error)
-	// Transcode makes the HLS renditions, master playlist and thumbnail of a video. It
-	// returns when they are complete; a cancelled call kills ffmpeg and leaves nothing behind.
+	// Transcode makes the HLS renditions, master playlist, thumbnail, poster and progressive
+	// MP4 download of a video. It returns when they are complete; a cancelled or timed-out
+	// call kills ffmpeg and leaves nothing behind.
 	Transcode(context.Context, *v1.TranscodeRequest) (*v1.TranscodeResponse, error)
+	// WatchTranscode streams the progress of the video's transcode running in this process,
+	// one message per change, and ends after the final state. When none is running it sends
+	// the last known final state (or not_found when there is none) and ends.
+	WatchTranscode(context.Context, *v1.WatchTranscodeRequest, *connect.ServerStream[v1.WatchTranscodeResponse]) error
 }
 
 // NewTranscoderServiceHandler builds an HTTP handler from the service implementation. It returns
@@ -130,12 +156,21 @@ func NewTranscoderServiceHandler(svc TranscoderServiceHandler, opts ...connect.H
 		connect.WithSchema(transcoderServiceMethods.ByName("Transcode")),
 		connect.WithHandlerOptions(opts...),
 	)
+	transcoderServiceWatchTranscodeHandler := connect.NewServerStreamHandlerSimple(
+		TranscoderServiceWatchTranscodeProcedure,
+		svc.WatchTranscode,
+		connect.WithSchema(transcoderServiceMethods.ByName("WatchTranscode")),
+		connect.WithIdempotency(connect.IdempotencyNoSideEffects),
+		connect.WithHandlerOptions(opts...),
+	)
 	return "/reelway.transcoder.v1.TranscoderService/", http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		switch r.URL.Path {
 		case TranscoderServiceProbeProcedure:
 			transcoderServiceProbeHandler.ServeHTTP(w, r)
 		case TranscoderServiceTranscodeProcedure:
 			transcoderServiceTranscodeHandler.ServeHTTP(w, r)
+		case TranscoderServiceWatchTranscodeProcedure:
+			transcoderServiceWatchTranscodeHandler.ServeHTTP(w, r)
 		default:
 			http.NotFound(w, r)
 		}
@@ -151,4 +186,8 @@ func (UnimplementedTranscoderServiceHandler) Probe(context.Context, *v1.ProbeReq
 
 func (UnimplementedTranscoderServiceHandler) Transcode(context.Context, *v1.TranscodeRequest) (*v1.TranscodeResponse, error) {
 	return nil, connect.NewError(connect.CodeUnimplemented, errors.New("reelway.transcoder.v1.TranscoderService.Transcode is not implemented"))
+}
+
+func (UnimplementedTranscoderServiceHandler) WatchTranscode(context.Context, *v1.WatchTranscodeRequest, *connect.ServerStream[v1.WatchTranscodeResponse]) error {
+	return connect.NewError(connect.CodeUnimplemented, errors.New("reelway.transcoder.v1.TranscoderService.WatchTranscode is not implemented"))
 }

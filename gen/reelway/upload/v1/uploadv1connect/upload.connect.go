@@ -35,6 +35,9 @@ const (
 const (
 	// UploadServiceUploadProcedure is the fully-qualified name of the UploadService's Upload RPC.
 	UploadServiceUploadProcedure = "/reelway.upload.v1.UploadService/Upload"
+	// UploadServiceCreateUploadProcedure is the fully-qualified name of the UploadService's
+	// CreateUpload RPC.
+	UploadServiceCreateUploadProcedure = "/reelway.upload.v1.UploadService/CreateUpload"
 )
 
 // UploadServiceClient is a client for the reelway.upload.v1.UploadService service.
@@ -42,6 +45,10 @@ type UploadServiceClient interface {
 	// Upload receives one file: the first message carries its metadata, every later one a
 	// chunk of its bytes. The video is created when the stream closes.
 	Upload(context.Context) (*connect.ClientStreamForClientSimple[v1.UploadRequest, v1.UploadResponse], error)
+	// CreateUpload creates a video (status UPLOADING) and an empty tus upload for its file,
+	// and returns where to send the bytes: tus PATCH requests to upload_url, resumable after
+	// any interruption. Once the last byte is in, the video is processed like any upload.
+	CreateUpload(context.Context, *v1.CreateUploadRequest) (*v1.CreateUploadResponse, error)
 }
 
 // NewUploadServiceClient constructs a client for the reelway.upload.v1.UploadService service. By
@@ -61,12 +68,19 @@ func NewUploadServiceClient(httpClient connect.HTTPClient, baseURL string, opts 
 			connect.WithSchema(uploadServiceMethods.ByName("Upload")),
 			connect.WithClientOptions(opts...),
 		),
+		createUpload: connect.NewClient[v1.CreateUploadRequest, v1.CreateUploadResponse](
+			httpClient,
+			baseURL+UploadServiceCreateUploadProcedure,
+			connect.WithSchema(uploadServiceMethods.ByName("CreateUpload")),
+			connect.WithClientOptions(opts...),
+		),
 	}
 }
 
 // uploadServiceClient implements UploadServiceClient.
 type uploadServiceClient struct {
-	upload *connect.Client[v1.UploadRequest, v1.UploadResponse]
+	upload       *connect.Client[v1.UploadRequest, v1.UploadResponse]
+	createUpload *connect.Client[v1.CreateUploadRequest, v1.CreateUploadResponse]
 }
 
 // Upload calls reelway.upload.v1.UploadService.Upload.
@@ -74,11 +88,24 @@ func (c *uploadServiceClient) Upload(ctx context.Context) (*connect.ClientStream
 	return c.upload.CallClientStreamSimple(ctx)
 }
 
+// CreateUpload calls reelway.upload.v1.UploadService.CreateUpload.
+func (c *uploadServiceClient) CreateUpload(ctx context.Context, req *v1.CreateUploadRequest) (*v1.CreateUploadResponse, error) {
+	response, err := c.createUpload.CallUnary(ctx, connect.NewRequest(req))
+	if response != nil {
+		return response.Msg, err
+	}
+	return nil, err
+}
+
 // UploadServiceHandler is an implementation of the reelway.upload.v1.UploadService service.
 type UploadServiceHandler interface {
 	// Upload receives one file: the first message carries its metadata, every later one a
 	// chunk of its bytes. The video is created when the stream closes.
 	Upload(context.Context, *connect.ClientStream[v1.UploadRequest]) (*v1.UploadResponse, error)
+	// CreateUpload creates a video (status UPLOADING) and an empty tus upload for its file,
+	// and returns where to send the bytes: tus PATCH requests to upload_url, resumable after
+	// any interruption. Once the last byte is in, the video is processed like any upload.
+	CreateUpload(context.Context, *v1.CreateUploadRequest) (*v1.CreateUploadResponse, error)
 }
 
 // NewUploadServiceHandler builds an HTTP handler from the service implementation. It returns the
@@ -94,10 +121,18 @@ func NewUploadServiceHandler(svc UploadServiceHandler, opts ...connect.HandlerOp
 		connect.WithSchema(uploadServiceMethods.ByName("Upload")),
 		connect.WithHandlerOptions(opts...),
 	)
+	uploadServiceCreateUploadHandler := connect.NewUnaryHandlerSimple(
+		UploadServiceCreateUploadProcedure,
+		svc.CreateUpload,
+		connect.WithSchema(uploadServiceMethods.ByName("CreateUpload")),
+		connect.WithHandlerOptions(opts...),
+	)
 	return "/reelway.upload.v1.UploadService/", http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		switch r.URL.Path {
 		case UploadServiceUploadProcedure:
 			uploadServiceUploadHandler.ServeHTTP(w, r)
+		case UploadServiceCreateUploadProcedure:
+			uploadServiceCreateUploadHandler.ServeHTTP(w, r)
 		default:
 			http.NotFound(w, r)
 		}
@@ -109,4 +144,8 @@ type UnimplementedUploadServiceHandler struct{}
 
 func (UnimplementedUploadServiceHandler) Upload(context.Context, *connect.ClientStream[v1.UploadRequest]) (*v1.UploadResponse, error) {
 	return nil, connect.NewError(connect.CodeUnimplemented, errors.New("reelway.upload.v1.UploadService.Upload is not implemented"))
+}
+
+func (UnimplementedUploadServiceHandler) CreateUpload(context.Context, *v1.CreateUploadRequest) (*v1.CreateUploadResponse, error) {
+	return nil, connect.NewError(connect.CodeUnimplemented, errors.New("reelway.upload.v1.UploadService.CreateUpload is not implemented"))
 }

@@ -37,6 +37,10 @@ const (
 	WorkerServiceListJobsProcedure = "/reelway.worker.v1.WorkerService/ListJobs"
 	// WorkerServiceGetJobProcedure is the fully-qualified name of the WorkerService's GetJob RPC.
 	WorkerServiceGetJobProcedure = "/reelway.worker.v1.WorkerService/GetJob"
+	// WorkerServiceRetryJobProcedure is the fully-qualified name of the WorkerService's RetryJob RPC.
+	WorkerServiceRetryJobProcedure = "/reelway.worker.v1.WorkerService/RetryJob"
+	// WorkerServiceCancelJobProcedure is the fully-qualified name of the WorkerService's CancelJob RPC.
+	WorkerServiceCancelJobProcedure = "/reelway.worker.v1.WorkerService/CancelJob"
 )
 
 // WorkerServiceClient is a client for the reelway.worker.v1.WorkerService service.
@@ -45,6 +49,12 @@ type WorkerServiceClient interface {
 	ListJobs(context.Context, *v1.ListJobsRequest) (*v1.ListJobsResponse, error)
 	// GetJob returns one job.
 	GetJob(context.Context, *v1.GetJobRequest) (*v1.GetJobResponse, error)
+	// RetryJob gives a failed, dead-lettered or cancelled job a new attempt with a fresh
+	// attempt budget. A job that is queued, running or succeeded is failed_precondition.
+	RetryJob(context.Context, *v1.RetryJobRequest) (*v1.RetryJobResponse, error)
+	// CancelJob stops a queued or running job (a running transcode's ffmpeg is killed) and
+	// marks its video FAILED. A finished job is failed_precondition.
+	CancelJob(context.Context, *v1.CancelJobRequest) (*v1.CancelJobResponse, error)
 }
 
 // NewWorkerServiceClient constructs a client for the reelway.worker.v1.WorkerService service. By
@@ -72,13 +82,27 @@ func NewWorkerServiceClient(httpClient connect.HTTPClient, baseURL string, opts 
 			connect.WithIdempotency(connect.IdempotencyNoSideEffects),
 			connect.WithClientOptions(opts...),
 		),
+		retryJob: connect.NewClient[v1.RetryJobRequest, v1.RetryJobResponse](
+			httpClient,
+			baseURL+WorkerServiceRetryJobProcedure,
+			connect.WithSchema(workerServiceMethods.ByName("RetryJob")),
+			connect.WithClientOptions(opts...),
+		),
+		cancelJob: connect.NewClient[v1.CancelJobRequest, v1.CancelJobResponse](
+			httpClient,
+			baseURL+WorkerServiceCancelJobProcedure,
+			connect.WithSchema(workerServiceMethods.ByName("CancelJob")),
+			connect.WithClientOptions(opts...),
+		),
 	}
 }
 
 // workerServiceClient implements WorkerServiceClient.
 type workerServiceClient struct {
-	listJobs *connect.Client[v1.ListJobsRequest, v1.ListJobsResponse]
-	getJob   *connect.Client[v1.GetJobRequest, v1.GetJobResponse]
+	listJobs  *connect.Client[v1.ListJobsRequest, v1.ListJobsResponse]
+	getJob    *connect.Client[v1.GetJobRequest, v1.GetJobResponse]
+	retryJob  *connect.Client[v1.RetryJobRequest, v1.RetryJobResponse]
+	cancelJob *connect.Client[v1.CancelJobRequest, v1.CancelJobResponse]
 }
 
 // ListJobs calls reelway.worker.v1.WorkerService.ListJobs.
@@ -99,12 +123,36 @@ func (c *workerServiceClient) GetJob(ctx context.Context, req *v1.GetJobRequest)
 	return nil, err
 }
 
+// RetryJob calls reelway.worker.v1.WorkerService.RetryJob.
+func (c *workerServiceClient) RetryJob(ctx context.Context, req *v1.RetryJobRequest) (*v1.RetryJobResponse, error) {
+	response, err := c.retryJob.CallUnary(ctx, connect.NewRequest(req))
+	if response != nil {
+		return response.Msg, err
+	}
+	return nil, err
+}
+
+// CancelJob calls reelway.worker.v1.WorkerService.CancelJob.
+func (c *workerServiceClient) CancelJob(ctx context.Context, req *v1.CancelJobRequest) (*v1.CancelJobResponse, error) {
+	response, err := c.cancelJob.CallUnary(ctx, connect.NewRequest(req))
+	if response != nil {
+		return response.Msg, err
+	}
+	return nil, err
+}
+
 // WorkerServiceHandler is an implementation of the reelway.worker.v1.WorkerService service.
 type WorkerServiceHandler interface {
 	// ListJobs lists the jobs this worker has seen, newest first.
 	ListJobs(context.Context, *v1.ListJobsRequest) (*v1.ListJobsResponse, error)
 	// GetJob returns one job.
 	GetJob(context.Context, *v1.GetJobRequest) (*v1.GetJobResponse, error)
+	// RetryJob gives a failed, dead-lettered or cancelled job a new attempt with a fresh
+	// attempt budget. A job that is queued, running or succeeded is failed_precondition.
+	RetryJob(context.Context, *v1.RetryJobRequest) (*v1.RetryJobResponse, error)
+	// CancelJob stops a queued or running job (a running transcode's ffmpeg is killed) and
+	// marks its video FAILED. A finished job is failed_precondition.
+	CancelJob(context.Context, *v1.CancelJobRequest) (*v1.CancelJobResponse, error)
 }
 
 // NewWorkerServiceHandler builds an HTTP handler from the service implementation. It returns the
@@ -128,12 +176,28 @@ func NewWorkerServiceHandler(svc WorkerServiceHandler, opts ...connect.HandlerOp
 		connect.WithIdempotency(connect.IdempotencyNoSideEffects),
 		connect.WithHandlerOptions(opts...),
 	)
+	workerServiceRetryJobHandler := connect.NewUnaryHandlerSimple(
+		WorkerServiceRetryJobProcedure,
+		svc.RetryJob,
+		connect.WithSchema(workerServiceMethods.ByName("RetryJob")),
+		connect.WithHandlerOptions(opts...),
+	)
+	workerServiceCancelJobHandler := connect.NewUnaryHandlerSimple(
+		WorkerServiceCancelJobProcedure,
+		svc.CancelJob,
+		connect.WithSchema(workerServiceMethods.ByName("CancelJob")),
+		connect.WithHandlerOptions(opts...),
+	)
 	return "/reelway.worker.v1.WorkerService/", http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		switch r.URL.Path {
 		case WorkerServiceListJobsProcedure:
 			workerServiceListJobsHandler.ServeHTTP(w, r)
 		case WorkerServiceGetJobProcedure:
 			workerServiceGetJobHandler.ServeHTTP(w, r)
+		case WorkerServiceRetryJobProcedure:
+			workerServiceRetryJobHandler.ServeHTTP(w, r)
+		case WorkerServiceCancelJobProcedure:
+			workerServiceCancelJobHandler.ServeHTTP(w, r)
 		default:
 			http.NotFound(w, r)
 		}
@@ -149,4 +213,12 @@ func (UnimplementedWorkerServiceHandler) ListJobs(context.Context, *v1.ListJobsR
 
 func (UnimplementedWorkerServiceHandler) GetJob(context.Context, *v1.GetJobRequest) (*v1.GetJobResponse, error) {
 	return nil, connect.NewError(connect.CodeUnimplemented, errors.New("reelway.worker.v1.WorkerService.GetJob is not implemented"))
+}
+
+func (UnimplementedWorkerServiceHandler) RetryJob(context.Context, *v1.RetryJobRequest) (*v1.RetryJobResponse, error) {
+	return nil, connect.NewError(connect.CodeUnimplemented, errors.New("reelway.worker.v1.WorkerService.RetryJob is not implemented"))
+}
+
+func (UnimplementedWorkerServiceHandler) CancelJob(context.Context, *v1.CancelJobRequest) (*v1.CancelJobResponse, error) {
+	return nil, connect.NewError(connect.CodeUnimplemented, errors.New("reelway.worker.v1.WorkerService.CancelJob is not implemented"))
 }

@@ -1,0 +1,59 @@
+package metadata
+
+import (
+	"strings"
+	"unicode"
+
+	metadatav1 "github.com/reelway/reelway/gen/reelway/metadata/v1"
+)
+
+const (
+	// maxWordRunes truncates long words, in the index and in queries alike, so that
+	// neither backend meets its own limit (PostgreSQL drops lexemes over 2047 bytes).
+	maxWordRunes = 64
+	// maxQueryWords bounds the work one search can ask for.
+	maxQueryWords = 16
+)
+
+// SearchWords splits s into the words search indexes and matches: maximal runs of Unicode
+// letters and digits, lower-cased rune by rune and cut to maxWordRunes. Both backends
+// index the text this function produces (words joined by single spaces) rather than the
+// raw fields, and queries go through it too; that is what makes SQLite FTS5 and PostgreSQL
+// full-text search return the same videos for the same query, where their own tokenizers,
+// stemmers and stop words would disagree.
+func SearchWords(s string) []string {
+	var (
+		words []string
+		b     strings.Builder
+		n     int
+	)
+	flush := func() {
+		if b.Len() > 0 {
+			words = append(words, b.String())
+			b.Reset()
+		}
+		n = 0
+	}
+	for _, r := range s {
+		if !unicode.IsLetter(r) && !unicode.IsDigit(r) {
+			flush()
+			continue
+		}
+		if n < maxWordRunes {
+			b.WriteRune(unicode.ToLower(r))
+		}
+		n++
+	}
+	flush()
+	return words
+}
+
+// searchText is the indexed text of a video: the words of its title, description and tags.
+func searchText(v *metadatav1.Video) string {
+	words := SearchWords(v.GetTitle())
+	words = append(words, SearchWords(v.GetDescription())...)
+	for _, t := range v.GetTags() {
+		words = append(words, SearchWords(t)...)
+	}
+	return strings.Join(words, " ")
+}
