@@ -248,6 +248,27 @@ func TestDevPlatformEndToEnd(t *testing.T) {
 	if got.GetVideo().GetTitle() != "second" || got.GetVideo().GetStatus() != metadatav1.VideoStatus_VIDEO_STATUS_READY {
 		t.Errorf("gRPC-Web read back %v", got.GetVideo())
 	}
+
+	// Deleting a video stops its playback at once, then a job removes its files.
+	code, out = connectJSON(t, p.gateway, "/reelway.metadata.v1.MetadataService/DeleteVideo", map[string]string{"id": id})
+	if code != http.StatusOK {
+		t.Fatalf("DeleteVideo: %d %v", code, out)
+	}
+	waitFor(t, 10*time.Second, "playback of a deleted video refused", func() error {
+		resp, _ := p.get(t, "/v1/hls/"+id+"/master.m3u8")
+		if resp.StatusCode != http.StatusNotFound {
+			return fmt.Errorf("master answered %d", resp.StatusCode)
+		}
+		return nil
+	})
+	waitFor(t, 30*time.Second, "deleted video's files removed", func() error {
+		for _, dir := range []string{filepath.Join(p.dataDir, "hls", id), filepath.Join(p.dataDir, "uploads", id)} {
+			if _, err := os.Stat(dir); !errors.Is(err, os.ErrNotExist) {
+				return fmt.Errorf("%s still there (%v)", dir, err)
+			}
+		}
+		return nil
+	})
 }
 
 func TestDevPlatformBadInput(t *testing.T) {

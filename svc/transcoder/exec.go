@@ -10,6 +10,7 @@ import (
 	"path/filepath"
 	"regexp"
 	"strings"
+	"syscall"
 	"time"
 )
 
@@ -45,6 +46,11 @@ func (s *Service) run(ctx context.Context, bin string, args []string, stdout io.
 	var exit *exec.ExitError
 	if !errors.As(err, &exit) {
 		return fmt.Errorf("run %s: %w", filepath.Base(bin), err)
+	}
+	if ws, ok := exit.Sys().(syscall.WaitStatus); ok && ws.Signaled() {
+		// Killed from outside (OOM killer, an operator): the input is not to blame and
+		// another attempt may well succeed, so this must not read as undecodable.
+		return fmt.Errorf("%w: %s", ErrKilled, ws.Signal())
 	}
 	reason := firstLine(stderr.String(), src)
 	if reason == "" {

@@ -29,6 +29,9 @@ var (
 	// ErrUndecodable reports a source that ffprobe or ffmpeg cannot read as video. It is
 	// permanent: retrying the same bytes cannot succeed.
 	ErrUndecodable = errors.New("transcoder: source is not a decodable video")
+	// ErrKilled reports an ffmpeg that a signal ended while its caller still wanted the
+	// result: a transient failure worth another attempt.
+	ErrKilled = errors.New("transcoder: ffmpeg was killed")
 	// ErrBusy reports a second transcode of a video whose transcode is still running.
 	ErrBusy = errors.New("transcoder: transcode already running")
 	// ErrTimeout reports a transcode killed for running longer than Config.JobTimeout.
@@ -232,6 +235,9 @@ func (s *Service) toConnect(ctx context.Context, err error) error {
 		return connect.NewError(connect.CodeAborted, err)
 	case errors.Is(err, ErrTimeout):
 		return connect.NewError(connect.CodeDeadlineExceeded, err)
+	case errors.Is(err, ErrKilled):
+		// unavailable, not internal: the caller's retry policy treats it as transient.
+		return connect.NewError(connect.CodeUnavailable, err)
 	case errors.Is(err, context.Canceled):
 		return connect.NewError(connect.CodeCanceled, err)
 	case errors.Is(err, context.DeadlineExceeded):

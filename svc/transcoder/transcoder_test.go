@@ -15,8 +15,10 @@ import (
 	"os/exec"
 	"path/filepath"
 	"slices"
+	"strconv"
 	"strings"
 	"sync"
+	"syscall"
 	"testing"
 	"time"
 
@@ -664,4 +666,35 @@ func TestTruncatedFaststartSource(t *testing.T) {
 	if left := e.hlsEntries(t); len(left) != 0 {
 		t.Errorf("a failed transcode left %v in the HLS root", left)
 	}
+}
+
+// TestKilledFFmpegIsTransient kills ffmpeg from outside mid-transcode: the input is fine,
+// so the answer must be a transient unavailable, never failed_precondition (which would
+// make the worker give up on a good video).
+func TestKilledFFmpegIsTransient(t *testing.T) {
+	e := newEnv(t)
+	e.upload(t, "long", testClips.long)
+	errc := make(chan error, 1)
+	go func() {
+		_, err := e.clients["connect"].Transcode(t.Context(), &transcoderv1.TranscodeRequest{VideoId: "long"})
+		errc <- err
+	}()
+	var pids []string
+	waitFor(t, 20*time.Second, "ffmpeg to start", func() bool {
+		pids = ffmpegProcesses(t, e.dataDir)
+		return len(pids) > 0
+	})
+	for _, pid := range pids {
+		n, _ := strconv.Atoi(pid)
+		_ = syscall.Kill(n, syscall.SIGKILL)
+	}
+	select {
+	case err := <-errc:
+		if got := connect.CodeOf(err); got != connect.CodeUnavailable {
+			t.Fatalf("killed ffmpeg: code = %v (%v), want unavailable", got, err)
+		}
+	case <-time.After(30 * time.Second):
+		t.Fatal("transcode did not return after ffmpeg was killed")
+	}
+	waitFor(t, 10*time.Second, "nothing left behind", func() bool { return len(e.hlsEntries(t)) == 0 })
 }

@@ -4,7 +4,10 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"net/http"
+	"strings"
+	"time"
 
 	"connectrpc.com/connect"
 	uploadv1 "github.com/reelway/reelway/gen/reelway/upload/v1"
@@ -37,6 +40,10 @@ func (s *Service) httpHandler() http.Handler {
 			s.writeError(w, r, err)
 			return
 		}
+		if ct := r.Header.Get("Content-Type"); strings.HasPrefix(ct, "multipart/") || strings.HasPrefix(ct, "application/x-www-form-urlencoded") {
+			s.writeError(w, r, fmt.Errorf("%w: send the raw file as the body (curl --data-binary @file), not a form", ErrUnsupportedMedia))
+			return
+		}
 		switch {
 		case r.ContentLength > s.cfg.MaxBytes:
 			s.writeError(w, r, fmt.Errorf("%w: %d bytes announced, at most %d allowed", ErrTooLarge, r.ContentLength, s.cfg.MaxBytes))
@@ -45,13 +52,12 @@ func (s *Service) httpHandler() http.Handler {
 			s.writeError(w, r, fmt.Errorf("%w: no bytes received", ErrEmpty))
 			return
 		}
-		res, err := s.store(r.Context(), meta, r.Body)
+		res, err := s.store(r.Context(), meta, idleTimeoutBody(w, r, bodyIdleTimeout))
 		if err != nil {
 			s.writeError(w, r, err)
 			return
 		}
 		w.Header().Set("Content-Type", "application/json")
-		w.Header().Set("Location", "/v1/videos/"+res.GetVideoId())
 		w.WriteHeader(http.StatusCreated)
 		_ = json.NewEncoder(w).Encode(created{VideoID: res.GetVideoId(), SizeBytes: res.GetSizeBytes(), SHA256: res.GetSha256()})
 	})
@@ -70,8 +76,12 @@ func (s *Service) writeError(w http.ResponseWriter, r *http.Request, err error) 
 		// connection.
 		w.Header().Set("Connection", "close")
 	}
+	status := httpStatus(code)
+	if errors.Is(err, ErrUnsupportedMedia) {
+		status = http.StatusUnsupportedMediaType
+	}
 	w.Header().Set("Content-Type", "application/json")
-	w.WriteHeader(httpStatus(code))
+	w.WriteHeader(status)
 	_ = json.NewEncoder(w).Encode(httpError{Code: code.String(), Message: msg})
 }
 
@@ -102,4 +112,26 @@ func httpStatus(code connect.Code) int {
 	default:
 		return http.StatusInternalServerError
 	}
+}
+
+// bodyIdleTimeout is how long an upload body may stall before the upload is abandoned. The
+// server has no whole-request timeout (large files take as long as they take), so a client
+// that stops sending must not hold a connection and a partial file forever.
+const bodyIdleTimeout = time.Minute
+
+// idleTimeoutBody returns r's body with a read deadline renewed before every read.
+func idleTimeoutBody(w http.ResponseWriter, r *http.Request, idle time.Duration) io.Reader {
+	return &idleReader{body: r.Body, rc: http.NewResponseController(w), idle: idle}
+}
+
+type idleReader struct {
+	body io.Reader
+	rc   *http.ResponseController
+	idle time.Duration
+}
+
+func (r *idleReader) Read(p []byte) (int, error) {
+	// Not every writer supports deadlines (tests, some wrappers); then reads just block.
+	_ = r.rc.SetReadDeadline(time.Now().Add(r.idle))
+	return r.body.Read(p)
 }

@@ -13,6 +13,7 @@ import (
 	"path/filepath"
 	"strings"
 	"time"
+	"unicode"
 	"unicode/utf8"
 
 	"buf.build/go/protovalidate"
@@ -53,6 +54,16 @@ func validateMetadata(meta *uploadv1.UploadMetadata) error {
 	if err := protovalidate.Validate(meta); err != nil {
 		return fmt.Errorf("%w: %w", ErrInvalid, err)
 	}
+	// Query strings can carry bytes protobuf strings cannot: check before any body is read,
+	// or the metadata call fails late with an internal marshal error.
+	for name, v := range map[string]string{"title": meta.GetTitle(), "filename": meta.GetFilename(), "description": meta.GetDescription()} {
+		if !utf8.ValidString(v) {
+			return fmt.Errorf("%w: %s is not valid UTF-8", ErrInvalid, name)
+		}
+		if strings.ContainsFunc(v, func(r rune) bool { return unicode.IsControl(r) && r != '\n' && r != '\t' }) {
+			return fmt.Errorf("%w: %s contains control characters", ErrInvalid, name)
+		}
+	}
 	return nil
 }
 
@@ -60,7 +71,7 @@ func validateMetadata(meta *uploadv1.UploadMetadata) error {
 // <dataDir>/uploads/<id>/source through a sha256 hasher, creates the video record and
 // publishes upload.completed. On failure nothing is left on disk, and a record whose event
 // could not be published is marked failed.
-func (s *Service) store(ctx context.Context, meta *uploadv1.UploadMetadata, r io.Reader) (*uploadv1.UploadResponse, error) {
+func (s *Service) store(ctx context.Context, meta *uploadv1.UploadMetadata, r io.Reader) (_ *uploadv1.UploadResponse, err error) {
 	if err := validateMetadata(meta); err != nil {
 		return nil, err
 	}
@@ -73,6 +84,17 @@ func (s *Service) store(ctx context.Context, meta *uploadv1.UploadMetadata, r io
 		return nil, fmt.Errorf("%w: publish upload.started: %w", ErrUnavailable, err)
 	}
 	log.InfoContext(ctx, "upload.started", "filename", meta.GetFilename(), "title", meta.GetTitle())
+	defer func() {
+		if err == nil {
+			return
+		}
+		// Whoever saw upload.started learns how it ended.
+		pctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), finishTimeout)
+		defer cancel()
+		if perr := s.pub.Publish(pctx, events.UploadFailed(Source, id, truncate(err.Error(), maxReasonLen))); perr != nil {
+			log.WarnContext(ctx, "upload.publish_failed", "err", perr)
+		}
+	}()
 
 	dir := filepath.Join(s.cfg.DataDir, "uploads", id)
 	size, sum, err := s.write(dir, r)

@@ -38,6 +38,8 @@ var (
 	// ErrUnavailable means a dependency (metadata service or event bus) could not take the
 	// upload; the caller may retry.
 	ErrUnavailable = errors.New("upload: dependency unavailable")
+	// ErrUnsupportedMedia means the body is a form rather than the raw file (HTTP 415).
+	ErrUnsupportedMedia = errors.New("upload: unsupported content type")
 	// ErrStorage means the file could not be written to local storage.
 	ErrStorage = errors.New("upload: storage")
 )
@@ -116,7 +118,7 @@ func (s *Service) Mount(srv *rpc.Server) error {
 func connectCode(err error) connect.Code {
 	var ce *connect.Error
 	switch {
-	case errors.Is(err, ErrInvalid), errors.Is(err, ErrEmpty):
+	case errors.Is(err, ErrInvalid), errors.Is(err, ErrEmpty), errors.Is(err, ErrUnsupportedMedia):
 		return connect.CodeInvalidArgument
 	case errors.Is(err, ErrTooLarge):
 		return connect.CodeResourceExhausted

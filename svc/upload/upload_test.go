@@ -129,6 +129,9 @@ func TestHTTPUpload(t *testing.T) {
 		want       []byte // the stored bytes when the upload succeeds
 		wantStatus int
 		wantCode   string
+		ctype      string // default video/mp4
+		// wantFailedEvent: the upload got past validation, so upload.failed must follow.
+		wantFailedEvent bool
 	}{
 		{
 			name:       "stores file with length",
@@ -164,6 +167,7 @@ func TestHTTPUpload(t *testing.T) {
 			body:       func(t *testing.T) io.Reader { return chunked(t, nil) },
 			wantStatus: http.StatusBadRequest,
 			wantCode:   "invalid_argument",
+			wantFailedEvent: true,
 		},
 		{
 			name:       "missing title",
@@ -180,6 +184,28 @@ func TestHTTPUpload(t *testing.T) {
 			wantCode:   "invalid_argument",
 		},
 		{
+			name:       "title not UTF-8",
+			query:      url.Values{"title": {"\xff\xfe"}},
+			body:       func(*testing.T) io.Reader { return bytes.NewReader(okBody) },
+			wantStatus: http.StatusBadRequest,
+			wantCode:   "invalid_argument",
+		},
+		{
+			name:       "control characters in title",
+			query:      url.Values{"title": {"\x00\x01bad"}},
+			body:       func(*testing.T) io.Reader { return bytes.NewReader(okBody) },
+			wantStatus: http.StatusBadRequest,
+			wantCode:   "invalid_argument",
+		},
+		{
+			name:       "form instead of raw file",
+			query:      url.Values{"title": {"Form"}},
+			body:       func(*testing.T) io.Reader { return bytes.NewReader(okBody) },
+			ctype:      "multipart/form-data; boundary=x",
+			wantStatus: http.StatusUnsupportedMediaType,
+			wantCode:   "invalid_argument",
+		},
+		{
 			name:       "oversize with content length",
 			query:      url.Values{"title": {"Big"}},
 			body:       func(*testing.T) io.Reader { return bytes.NewReader(over) },
@@ -192,6 +218,7 @@ func TestHTTPUpload(t *testing.T) {
 			body:       func(t *testing.T) io.Reader { return chunked(t, over) },
 			wantStatus: http.StatusRequestEntityTooLarge,
 			wantCode:   "resource_exhausted",
+			wantFailedEvent: true,
 		},
 	}
 	for _, proto := range []string{"http1", "h2c"} {
@@ -203,11 +230,20 @@ func TestHTTPUpload(t *testing.T) {
 					client = e.h2c
 				}
 				sub := e.subscribeCompleted(t)
+				failedSub, err := e.bus.Conn().SubscribeSync(events.Subject(eventsv1.EventType_EVENT_TYPE_UPLOAD_FAILED))
+				if err != nil {
+					t.Fatal(err)
+				}
+				t.Cleanup(func() { _ = failedSub.Unsubscribe() })
 				req, err := http.NewRequestWithContext(t.Context(), http.MethodPost, e.url+"/v1/uploads?"+tc.query.Encode(), tc.body(t))
 				if err != nil {
 					t.Fatal(err)
 				}
-				req.Header.Set("Content-Type", "video/mp4")
+				ctype := tc.ctype
+				if ctype == "" {
+					ctype = "video/mp4"
+				}
+				req.Header.Set("Content-Type", ctype)
 				res, err := client.Do(req)
 				if err != nil {
 					t.Fatalf("POST: %v", err)
@@ -231,6 +267,16 @@ func TestHTTPUpload(t *testing.T) {
 					if got := e.uploadEntries(t); len(got) != 0 {
 						t.Errorf("left on disk after a failed upload: %v", got)
 					}
+					if tc.wantFailedEvent {
+						msg, err := failedSub.NextMsg(10 * time.Second)
+						if err != nil {
+							t.Fatalf("no upload.failed event: %v", err)
+						}
+						ev, err := events.Decode(msg.Data)
+						if err != nil || ev.GetUploadFailed().GetReason() == "" {
+							t.Errorf("upload.failed = %v (%v), want a reason", ev, err)
+						}
+					}
 					return
 				}
 				var body struct {
@@ -244,8 +290,8 @@ func TestHTTPUpload(t *testing.T) {
 				if body.SizeBytes != int64(len(tc.want)) || body.SHA256 != sum(tc.want) {
 					t.Errorf("answer = %+v, want size %d sha %s", body, len(tc.want), sum(tc.want))
 				}
-				if loc := res.Header.Get("Location"); loc != "/v1/videos/"+body.VideoID {
-					t.Errorf("Location = %q, want /v1/videos/%s", loc, body.VideoID)
+				if loc := res.Header.Get("Location"); loc != "" {
+					t.Errorf("Location = %q points at no route", loc)
 				}
 				e.checkStored(t, sub, body.VideoID, int64(len(tc.want)), sum(tc.want), tc.query.Get("title"))
 			})

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io/fs"
 	"log/slog"
+	"os"
 	"strings"
 	"time"
 	"unicode/utf8"
@@ -18,6 +19,7 @@ import (
 	transcoderv1 "github.com/reelway/reelway/gen/reelway/transcoder/v1"
 	workerv1 "github.com/reelway/reelway/gen/reelway/worker/v1"
 	"github.com/reelway/reelway/svc/events"
+	"github.com/reelway/reelway/svc/media"
 	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/fieldmaskpb"
 )
@@ -272,7 +274,13 @@ func (s *Service) run(ctx context.Context, a *attempt) error {
 // and the message is terminated so nothing retries it.
 func (s *Service) failPermanently(ctx context.Context, a *attempt, err error) {
 	why := reason(err)
-	if rerr := s.markFailed(ctx, a.row.videoID, why); rerr != nil && a.row.charged < a.row.maxAtt {
+	rerr := s.markFailed(ctx, a.row.videoID, why)
+	if connect.CodeOf(rerr) == connect.CodeNotFound {
+		// The video was deleted while its job ran: nothing is left to fail or retry.
+		s.cancelDeleted(ctx, a)
+		return
+	}
+	if rerr != nil && a.row.charged < a.row.maxAtt {
 		// The outcome is known but not recorded; try the job again later rather than
 		// leave the video PROCESSING forever.
 		s.retry(ctx, a, fmt.Sprintf("%s (not recorded: %v)", why, rerr))
@@ -481,4 +489,20 @@ func truncate(s string, n int) string {
 		n--
 	}
 	return b.String()
+}
+
+// cancelDeleted settles the job of a video deleted under it: CANCELLED, no retry, and any
+// output the transcode wrote after the delete's cleanup ran is removed.
+func (s *Service) cancelDeleted(ctx context.Context, a *attempt) {
+	if err := s.store.finish(ctx, a.row.id, s.cfg.Instance, outcome{state: workerv1.JobState_JOB_STATE_CANCELLED, errText: "video deleted"}); err != nil {
+		a.log.WarnContext(ctx, "job.record", "err", err)
+		return
+	}
+	if dir, err := media.HLSDir(s.cfg.DataDir, a.row.videoID); err == nil {
+		_ = os.RemoveAll(dir)
+	}
+	if err := a.msg.Term(); err != nil {
+		a.log.WarnContext(ctx, "job.term", "err", err)
+	}
+	a.log.InfoContext(ctx, "job.cancelled", "reason", "video deleted")
 }

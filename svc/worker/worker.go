@@ -81,6 +81,8 @@ var (
 	ErrMetadata = errors.New("worker: metadata")
 	// ErrPublish means an event or job message was not stored by NATS.
 	ErrPublish = errors.New("worker: publish")
+	// ErrCleanup means a deleted video's files could not be removed; the event is retried.
+	ErrCleanup = errors.New("worker: cleanup")
 )
 
 // Publisher stores domain events; the platform gives the worker an outbox, so events are
@@ -231,6 +233,9 @@ func (s *Service) Start(ctx context.Context) error {
 		"backoff", s.cfg.RetryBackoff, "ack_wait", s.cfg.AckWait)
 	router := events.NewRouter(s.log)
 	if err := events.On(router, s.onUploadCompleted); err != nil {
+		return fmt.Errorf("worker: %w", err)
+	}
+	if err := events.On(router, s.onVideoDeleted); err != nil {
 		return fmt.Errorf("worker: %w", err)
 	}
 	g, gctx := errgroup.WithContext(ctx)
