@@ -5,8 +5,8 @@ import (
 	"database/sql"
 	"errors"
 	"fmt"
-	"time"
 	"github.com/reelway/reelway/svc/sqlitedb"
+	"time"
 )
 
 // user is a stored account.

@@ -162,11 +162,11 @@ func TestHTTPUpload(t *testing.T) {
 			wantCode:   "invalid_argument",
 		},
 		{
-			name:       "empty chunked body",
-			query:      url.Values{"title": {"Empty"}},
-			body:       func(t *testing.T) io.Reader { return chunked(t, nil) },
-			wantStatus: http.StatusBadRequest,
-			wantCode:   "invalid_argument",
+			name:            "empty chunked body",
+			query:           url.Values{"title": {"Empty"}},
+			body:            func(t *testing.T) io.Reader { return chunked(t, nil) },
+			wantStatus:      http.StatusBadRequest,
+			wantCode:        "invalid_argument",
 			wantFailedEvent: true,
 		},
 		{
@@ -213,11 +213,11 @@ func TestHTTPUpload(t *testing.T) {
 			wantCode:   "resource_exhausted",
 		},
 		{
-			name:       "oversize chunked",
-			query:      url.Values{"title": {"Big"}},
-			body:       func(t *testing.T) io.Reader { return chunked(t, over) },
-			wantStatus: http.StatusRequestEntityTooLarge,
-			wantCode:   "resource_exhausted",
+			name:            "oversize chunked",
+			query:           url.Values{"title": {"Big"}},
+			body:            func(t *testing.T) io.Reader { return chunked(t, over) },
+			wantStatus:      http.StatusRequestEntityTooLarge,
+			wantCode:        "resource_exhausted",
 			wantFailedEvent: true,
 		},
 	}
