@@ -27,15 +27,20 @@ func newCORS(origins []string) *cors.Cors {
 			// Same origin: the page was served through this gateway's own host.
 			return o == "http://"+strings.ToLower(r.Host) || o == "https://"+strings.ToLower(r.Host), nil
 		},
-		AllowedMethods: append(connectcors.AllowedMethods(), http.MethodHead),
+		// PATCH and DELETE are tus's (resumable uploads under /v1/uploads/tus/).
+		AllowedMethods: append(connectcors.AllowedMethods(), http.MethodHead, http.MethodPatch, http.MethodDelete),
 		AllowedHeaders: append(connectcors.AllowedHeaders(),
 			"Connect-Content-Encoding", "Connect-Accept-Encoding",
 			"Grpc-Encoding", "Grpc-Accept-Encoding",
-			"Authorization", "X-Request-Id", "Range"),
+			"Authorization", "X-Request-Id", "Range",
+			"Tus-Resumable", "Upload-Length", "Upload-Defer-Length", "Upload-Metadata",
+			"Upload-Offset", "Upload-Checksum", "Upload-Concat"),
 		ExposedHeaders: append(connectcors.ExposedHeaders(),
 			"Connect-Content-Encoding", "Connect-Accept-Encoding",
 			"Grpc-Encoding", "Grpc-Accept-Encoding",
-			"X-Request-Id", "Content-Range", "Accept-Ranges", "Content-Length"),
+			"X-Request-Id", "Content-Range", "Accept-Ranges", "Content-Length",
+			"Location", "Tus-Resumable", "Tus-Version", "Tus-Extension", "Tus-Max-Size",
+			"Tus-Checksum-Algorithm", "Upload-Offset", "Upload-Length", "Upload-Expires", "Upload-Metadata"),
 		MaxAge: 7200,
 	})
 }

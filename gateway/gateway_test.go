@@ -680,6 +680,20 @@ func TestGatewayCORS(t *testing.T) {
 	if resp := preflight("https://evil.example"); resp.Header.Get("Access-Control-Allow-Origin") != "" {
 		t.Fatalf("unlisted origin allowed: %v", resp.Header)
 	}
+	// A browser tus client resumes with PATCH and reads the offset and Location back.
+	tusReq, _ := http.NewRequest(http.MethodOptions, f.gateway+"/v1/uploads/tus/abc", nil)
+	tusReq.Header.Set("Origin", "https://app.example")
+	tusReq.Header.Set("Access-Control-Request-Method", "PATCH")
+	tusReq.Header.Set("Access-Control-Request-Headers", "content-type,tus-resumable,upload-checksum,upload-offset")
+	tusResp, err := http.DefaultClient.Do(tusReq)
+	if err != nil {
+		t.Fatal(err)
+	}
+	tusResp.Body.Close()
+	if tusResp.Header.Get("Access-Control-Allow-Origin") != "https://app.example" ||
+		!strings.Contains(tusResp.Header.Get("Access-Control-Allow-Methods"), "PATCH") {
+		t.Fatalf("tus preflight refused: %d %v", tusResp.StatusCode, tusResp.Header)
+	}
 	// The actual response exposes the gRPC-Web status headers.
 	req, _ := http.NewRequest(http.MethodPost, f.gateway+"/reelway.cache.v1.CacheService/Get", strings.NewReader(`{"key":"k"}`))
 	req.Header.Set("Content-Type", "application/json")
@@ -690,7 +704,7 @@ func TestGatewayCORS(t *testing.T) {
 	}
 	resp.Body.Close()
 	exposed := strings.ToLower(resp.Header.Get("Access-Control-Expose-Headers"))
-	for _, h := range []string{"grpc-status", "grpc-message", "grpc-status-details-bin"} {
+	for _, h := range []string{"grpc-status", "grpc-message", "grpc-status-details-bin", "upload-offset", "location"} {
 		if !strings.Contains(exposed, h) {
 			t.Errorf("%s not exposed: %q", h, exposed)
 		}

@@ -38,6 +38,8 @@ func NewServer(log *slog.Logger, status func() any) *Server {
 		// A caller cannot make a service buffer an arbitrarily large message before
 		// validation sees it: upload chunks are at most 4 MiB, everything else is small.
 		connect.WithReadMaxBytes(MaxMessageBytes),
+		// Compressing a few hundred bytes costs more CPU than it saves on the wire.
+		connect.WithCompressMinBytes(1024),
 	}
 	return s
 }
