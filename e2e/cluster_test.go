@@ -230,6 +230,17 @@ func TestClusterOfSeparateProcesses(t *testing.T) {
 		}
 	})
 
+	t.Run("every service reports its NATS connection in metrics", func(t *testing.T) {
+		for _, svc := range []string{"metadata", "upload", "worker", "gateway"} {
+			resp, err := http.Get(fmt.Sprintf("http://127.0.0.1:%d/metrics", c.ports[svc]))
+			must(t, err, "GET /metrics of %s", svc)
+			body := readAll(t, resp)
+			if resp.StatusCode != http.StatusOK || !strings.Contains(string(body), "reelway_nats_connected 1") {
+				t.Errorf("%s /metrics: %d, no reelway_nats_connected 1:\n%.500s", svc, resp.StatusCode, body)
+			}
+		}
+	})
+
 	t.Run("gateway routes every service", func(t *testing.T) {
 		waitFor(t, 10*time.Second, "routes", func() error {
 			r, err := c.routes()

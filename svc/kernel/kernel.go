@@ -11,6 +11,8 @@ import (
 	"strings"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
 	eventsv1 "github.com/reelway/reelway/gen/reelway/events/v1"
 	"github.com/reelway/reelway/svc/events"
 	"github.com/reelway/reelway/svc/registry"
@@ -45,6 +47,9 @@ type Runtime struct {
 	Registry registry.Registry
 	Catalog  *registry.Catalog
 	Pool     *rpc.Pool
+	// Metrics is the process's Prometheus registry, served at GET /metrics by every
+	// service (the gateway adds its own series to it).
+	Metrics *prometheus.Registry
 
 	stopCatalog context.CancelFunc
 	catalogDone chan struct{}
@@ -67,6 +72,8 @@ func NewRuntime(ctx context.Context, cfg Config, log *slog.Logger, reg registry.
 		_ = bus.Close(ctx)
 		return nil, fmt.Errorf("ensure events stream: %w", err)
 	}
+	metrics := prometheus.NewRegistry()
+	metrics.MustRegister(events.Collectors(bus)...)
 	catalog := registry.NewCatalog(reg, log)
 	catCtx, stop := context.WithCancel(context.WithoutCancel(ctx))
 	done := make(chan struct{})
@@ -81,6 +88,7 @@ func NewRuntime(ctx context.Context, cfg Config, log *slog.Logger, reg registry.
 		Registry:    reg,
 		Catalog:     catalog,
 		Pool:        rpc.NewPool(catalog, log),
+		Metrics:     metrics,
 		stopCatalog: stop,
 		catalogDone: done,
 	}, nil
@@ -129,6 +137,9 @@ func (rt *Runtime) Serve(ctx context.Context, service string, plugins ...Plugin)
 		}
 	}()
 
+	if !srv.HasRoute("GET /metrics") {
+		srv.Handle("GET /metrics", promhttp.HandlerFor(rt.Metrics, promhttp.HandlerOpts{}))
+	}
 	ln, err := net.Listen("tcp", net.JoinHostPort(rt.Config.Host, strconv.Itoa(rt.Config.PortFor(service))))
 	if err != nil {
 		return fmt.Errorf("listen %s: %w", service, err)

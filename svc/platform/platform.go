@@ -11,7 +11,6 @@ import (
 	"os"
 	"path/filepath"
 
-	"github.com/prometheus/client_golang/prometheus"
 	"github.com/reelway/reelway/gateway"
 	"github.com/reelway/reelway/gen/reelway/auth/v1/authv1connect"
 	"github.com/reelway/reelway/gen/reelway/cache/v1/cachev1connect"
@@ -292,9 +291,9 @@ func build(ctx context.Context, rt *kernel.Runtime, service string) ([]kernel.Pl
 	case "monitor":
 		return []kernel.Plugin{monitor.New(log, rt.Catalog)}, nil
 	case "gateway":
-		reg := prometheus.NewRegistry()
-		// The gateway's /metrics also shows this process's NATS connection.
-		reg.MustRegister(events.Collectors(rt.Bus)...)
+		// The gateway's /metrics is the process's registry, so it also shows the NATS
+		// connection every service's /metrics reports.
+		reg := rt.Metrics
 		return []kernel.Plugin{gateway.New(log, rt.Catalog, ProtoServices(), gateway.Options{
 			Timeout:     cfg.GatewayTimeout,
 			CORSOrigins: cfg.CORSOrigins,

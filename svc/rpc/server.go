@@ -27,7 +27,11 @@ type Server struct {
 	status   func() any
 	reflectN []string
 	catchAll bool
+	patterns map[string]bool
 }
+
+// HasRoute reports whether a plain route was added with exactly this pattern.
+func (s *Server) HasRoute(pattern string) bool { return s.patterns[pattern] }
 
 // NewServer returns an empty server. status, if not nil, is rendered into /healthz.
 func NewServer(log *slog.Logger, status func() any) *Server {
@@ -73,6 +77,10 @@ func (s *Server) Handle(pattern string, h http.Handler) {
 	if pattern == "/" {
 		s.catchAll = true
 	}
+	if s.patterns == nil {
+		s.patterns = make(map[string]bool)
+	}
+	s.patterns[pattern] = true
 	s.mux.Handle(pattern, WithHTTPLogging(s.log, h))
 }
 
