@@ -193,6 +193,17 @@ func TestDevPlatformEndToEnd(t *testing.T) {
 	if resp.StatusCode != http.StatusOK || resp.Header.Get("Content-Type") != "application/vnd.apple.mpegurl" {
 		t.Fatalf("master: %d %q", resp.StatusCode, resp.Header.Get("Content-Type"))
 	}
+	// A player on another origin may preflight the stream through the gateway.
+	pre, _ := http.NewRequest(http.MethodOptions, p.gateway+"/v1/hls/"+id+"/master.m3u8", nil)
+	pre.Header.Set("Origin", "https://player.example")
+	pre.Header.Set("Access-Control-Request-Method", "GET")
+	pre.Header.Set("Access-Control-Request-Headers", "range")
+	preResp, err := http.DefaultClient.Do(pre)
+	must(t, err, "preflight")
+	preResp.Body.Close()
+	if preResp.StatusCode/100 != 2 || preResp.Header.Get("Access-Control-Allow-Origin") == "" {
+		t.Errorf("HLS preflight through the gateway: %d %v", preResp.StatusCode, preResp.Header)
+	}
 	var variant string
 	for _, line := range strings.Split(string(master), "\n") {
 		if line = strings.TrimSpace(line); line != "" && !strings.HasPrefix(line, "#") {

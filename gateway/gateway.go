@@ -169,7 +169,16 @@ func (g *Gateway) Mount(srv *rpc.Server) error {
 	slices.Sort(known)
 	srv.AddReflection(known...)
 	srv.Handle("GET /metrics", g.metrics.handler())
-	srv.Handle("/", g.cors.Handler(http.HandlerFunc(g.serve)))
+	withCORS := g.cors.Handler(http.HandlerFunc(g.serve))
+	srv.Handle("/", http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		// Players on any origin may load public streams: streaming answers CORS for its
+		// own files (preflights included), so the gateway's origin policy stays out.
+		if strings.HasPrefix(r.URL.Path, "/v1/hls/") {
+			g.serve(w, r)
+			return
+		}
+		withCORS.ServeHTTP(w, r)
+	}))
 	return nil
 }
 

@@ -709,6 +709,19 @@ func TestGatewayCORS(t *testing.T) {
 			t.Errorf("%s not exposed: %q", h, exposed)
 		}
 	}
+	// HLS preflights are not the gateway's to refuse: they reach streaming, which allows
+	// players on any origin (here no streaming instance runs, so the gateway says so).
+	hls, _ := http.NewRequest(http.MethodOptions, f.gateway+"/v1/hls/abc/master.m3u8", nil)
+	hls.Header.Set("Origin", "https://player.example")
+	hls.Header.Set("Access-Control-Request-Method", "GET")
+	hlsResp, err := http.DefaultClient.Do(hls)
+	if err != nil {
+		t.Fatal(err)
+	}
+	hlsResp.Body.Close()
+	if hlsResp.StatusCode != http.StatusServiceUnavailable {
+		t.Fatalf("HLS preflight answered by the gateway's CORS layer: %d %v", hlsResp.StatusCode, hlsResp.Header)
+	}
 	// With no configured origins, another origin is refused.
 	g2 := setup(t, 1, gateway.Options{})
 	req, _ = http.NewRequest(http.MethodOptions, g2.gateway+"/reelway.cache.v1.CacheService/Get", nil)
@@ -738,6 +751,30 @@ func TestGatewayMetricsEndpoint(t *testing.T) {
 	} {
 		if !strings.Contains(m, want) {
 			t.Errorf("metrics lack %q", want)
+		}
+	}
+}
+
+// TestMalformedFramesDoNotEjectBackend sends truncated gRPC-Web and Connect streaming
+// frames: connect reports them as internal "protocol error", which is the caller's fault,
+// so the breaker must stay closed and a valid call still succeed.
+func TestMalformedFramesDoNotEjectBackend(t *testing.T) {
+	f := setup(t, 1, gateway.Options{})
+	bad := []struct{ ctype, body string }{
+		{"application/grpc-web+proto", "\x00\x00\x00\x00\x10\x08"},          // promises 16 bytes, sends 1
+		{"application/connect+json", "\x00\x00\x00\x00\x1b{\"key\":\"k\"}"}, // a streaming type on a unary method (415)
+	}
+	for i := range 12 {
+		b := bad[i%len(bad)]
+		resp, err := http.Post(f.gateway+"/reelway.cache.v1.CacheService/Get", b.ctype, strings.NewReader(b.body))
+		if err != nil {
+			t.Fatal(err)
+		}
+		resp.Body.Close()
+	}
+	for _, p := range protocols() {
+		if _, err := p.cache(f.gateway).Get(context.Background(), &cachev1.GetRequest{Key: "k"}); err != nil {
+			t.Fatalf("%s: valid call after malformed frames: %v", p.name, err)
 		}
 	}
 }

@@ -190,7 +190,7 @@ func listQuery(req *metadatav1.ListVideosRequest) (ListQuery, error) {
 // updatable are the update_mask paths a caller may set; id, owner and times are not.
 func updatable(path string) bool {
 	switch path {
-	case "title", "description", "status", "visibility", "duration_seconds", "width", "height",
+	case "title", "description", "owner_id", "status", "visibility", "duration_seconds", "width", "height",
 		"renditions", "playback_path", "thumbnail_path", "size_bytes", "sha256", "failure_reason", "tags":
 		return true
 	}

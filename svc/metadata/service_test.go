@@ -196,16 +196,16 @@ func testLifecyclePublishesEvents(t *testing.T, b backend) {
 				Video: &metadatav1.Video{
 					Id: id, Title: "Renamed", Description: "ignored: not in mask",
 					Status: metadatav1.VideoStatus_VIDEO_STATUS_READY, PlaybackPath: "/v1/hls/" + id + "/master.m3u8",
-					Tags: nil,
+					Tags: nil, OwnerId: "user-" + p.name,
 				},
-				UpdateMask: &fieldmaskpb.FieldMask{Paths: []string{"title", "status", "playback_path", "tags"}},
+				UpdateMask: &fieldmaskpb.FieldMask{Paths: []string{"title", "status", "playback_path", "tags", "owner_id"}},
 			})
 			if err != nil {
 				t.Fatal(err)
 			}
 			u := up.GetVideo()
 			if u.GetTitle() != "Renamed" || u.GetStatus() != metadatav1.VideoStatus_VIDEO_STATUS_READY ||
-				u.GetPlaybackPath() != "/v1/hls/"+id+"/master.m3u8" || len(u.GetTags()) != 0 {
+				u.GetPlaybackPath() != "/v1/hls/"+id+"/master.m3u8" || len(u.GetTags()) != 0 || u.GetOwnerId() != "user-"+p.name {
 				t.Fatalf("update not applied: %v", u)
 			}
 			if u.GetDescription() != "" || len(u.GetRenditions()) != 1 {
@@ -216,7 +216,7 @@ func testLifecyclePublishesEvents(t *testing.T, b backend) {
 			}
 			ev = updated()
 			if ev.GetVideoUpdated().GetVideoId() != id || ev.GetVideoUpdated().GetStatus() != "VIDEO_STATUS_READY" ||
-				!slices.Equal(ev.GetVideoUpdated().GetFields(), []string{"title", "status", "playback_path", "tags"}) {
+				!slices.Equal(ev.GetVideoUpdated().GetFields(), []string{"title", "status", "playback_path", "tags", "owner_id"}) {
 				t.Fatalf("video.updated event: %v", ev)
 			}
 			got, err = c.GetVideo(ctx, &metadatav1.GetVideoRequest{Id: id})
@@ -434,7 +434,7 @@ func testBadInput(t *testing.T, b backend) {
 			return err
 		}, connect.CodeInvalidArgument},
 		{"update immutable path", func(c metadatav1connect.MetadataServiceClient) error {
-			_, err := c.UpdateVideo(ctx, &metadatav1.UpdateVideoRequest{Video: &metadatav1.Video{Id: "exists", OwnerId: "x"}, UpdateMask: mask("owner_id")})
+			_, err := c.UpdateVideo(ctx, &metadatav1.UpdateVideoRequest{Video: &metadatav1.Video{Id: "exists"}, UpdateMask: mask("create_time")})
 			return err
 		}, connect.CodeInvalidArgument},
 		{"update empty mask", func(c metadatav1connect.MetadataServiceClient) error {

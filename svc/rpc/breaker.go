@@ -490,6 +490,10 @@ func (w *watchedBody) finish(end End) {
 func (w *watchedBody) endAtEOF() End {
 	resp := w.resp
 	end := End{Status: resp.StatusCode}
+	// callerFault: the backend blamed the caller's framing ("protocol error: …", which
+	// connect reports as internal). A caller sending truncated frames must not be able to
+	// eject a healthy backend.
+	var callerFault bool
 	switch w.wire {
 	case WireHTTP:
 		if resp.StatusCode >= 500 && resp.StatusCode != http.StatusNotImplemented {
@@ -505,7 +509,9 @@ func (w *watchedBody) endAtEOF() End {
 		case w.sniff.found && w.sniff.oversize:
 			end.Code = 0 // an end message too large to read for its code: do not blame the backend
 		case w.sniff.found:
-			end.Code = connectEndStreamCode(w.sniff.payload, resp.Header.Get("Connect-Content-Encoding"))
+			var msg string
+			end.Code, msg = connectEndStreamCode(w.sniff.payload, resp.Header.Get("Connect-Content-Encoding"))
+			callerFault = callerProtocolError(msg)
 		default:
 			end.Code = connect.CodeInternal // stream ended without its end message
 		}
@@ -521,6 +527,14 @@ func (w *watchedBody) endAtEOF() End {
 				s = grpcWebTrailerStatus(w.sniff.payload, resp.Header.Get("Grpc-Encoding"))
 			}
 		}
+		msg := resp.Trailer.Get("Grpc-Message")
+		if msg == "" {
+			msg = resp.Header.Get("Grpc-Message")
+		}
+		if msg == "" && w.sniff != nil && w.sniff.found && !w.sniff.oversize {
+			msg = grpcWebTrailerField(w.sniff.payload, resp.Header.Get("Grpc-Encoding"), "grpc-message")
+		}
+		callerFault = callerProtocolError(msg)
 		switch {
 		case resp.StatusCode != http.StatusOK:
 			end.Code = httpToCode(resp.StatusCode)
@@ -534,10 +548,23 @@ func (w *watchedBody) endAtEOF() End {
 			end.Code = connect.CodeInternal // no status at all: a broken response
 		}
 	}
-	if IsFailureCode(end.Code) {
+	if resp.StatusCode >= 400 && resp.StatusCode < 500 {
+		// An HTTP 4xx (415 for a content type the method does not take, say) is the
+		// backend refusing the request, whatever RPC code the status maps to.
+		callerFault = true
+	}
+	switch {
+	case IsFailureCode(end.Code) && callerFault:
+		end.Outcome = OutcomeIgnored
+	case IsFailureCode(end.Code):
 		end.Outcome = OutcomeFailure
 	}
 	return end
+}
+
+// callerProtocolError recognises connect's messages for malformed request framing.
+func callerProtocolError(msg string) bool {
+	return strings.HasPrefix(msg, "protocol error")
 }
 
 // envelopeSniffer follows the 5-byte-prefixed message framing of gRPC-Web and Connect
@@ -627,39 +654,45 @@ func endFramePayload(framed []byte, encoding string) (data []byte, ok bool) {
 	return data, err == nil
 }
 
-// connectEndStreamCode reads the error code of a Connect end-of-stream message.
-func connectEndStreamCode(framed []byte, encoding string) connect.Code {
+// connectEndStreamCode reads the error code and message of a Connect end-of-stream message.
+func connectEndStreamCode(framed []byte, encoding string) (connect.Code, string) {
 	data, ok := endFramePayload(framed, encoding)
 	if !ok {
-		return connect.CodeInternal
+		return connect.CodeInternal, ""
 	}
 	var msg struct {
 		Error *struct {
-			Code string `json:"code"`
+			Code    string `json:"code"`
+			Message string `json:"message"`
 		} `json:"error"`
 	}
 	if err := json.Unmarshal(data, &msg); err != nil {
-		return connect.CodeInternal
+		return connect.CodeInternal, ""
 	}
 	if msg.Error == nil {
-		return 0
+		return 0, ""
 	}
 	var c connect.Code
 	if err := c.UnmarshalText([]byte(msg.Error.Code)); err != nil {
-		return connect.CodeUnknown
+		return connect.CodeUnknown, msg.Error.Message
 	}
-	return c
+	return c, msg.Error.Message
 }
 
 // grpcWebTrailerStatus finds grpc-status in a gRPC-Web trailer frame.
 func grpcWebTrailerStatus(framed []byte, encoding string) string {
+	return grpcWebTrailerField(framed, encoding, "grpc-status")
+}
+
+// grpcWebTrailerField finds one field in a gRPC-Web trailer frame.
+func grpcWebTrailerField(framed []byte, encoding, field string) string {
 	data, ok := endFramePayload(framed, encoding)
 	if !ok {
 		return ""
 	}
 	for _, line := range strings.Split(string(data), "\r\n") {
 		k, v, ok := strings.Cut(line, ":")
-		if ok && strings.EqualFold(strings.TrimSpace(k), "grpc-status") {
+		if ok && strings.EqualFold(strings.TrimSpace(k), field) {
 			return strings.TrimSpace(v)
 		}
 	}

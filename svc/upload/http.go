@@ -40,7 +40,9 @@ func (s *Service) httpHandler() http.Handler {
 			s.writeError(w, r, err)
 			return
 		}
-		if ct := r.Header.Get("Content-Type"); strings.HasPrefix(ct, "multipart/") || strings.HasPrefix(ct, "application/x-www-form-urlencoded") {
+		// Only multipart is refused: `curl --data-binary` labels a raw file
+		// application/x-www-form-urlencoded, and a multipart body is never a video file.
+		if ct := r.Header.Get("Content-Type"); strings.HasPrefix(ct, "multipart/") {
 			s.writeError(w, r, fmt.Errorf("%w: send the raw file as the body (curl --data-binary @file), not a form", ErrUnsupportedMedia))
 			return
 		}
