@@ -73,6 +73,9 @@ type Config struct {
 	TranscodeTimeout     time.Duration
 	// ShutdownTimeout bounds the drain of in-flight requests.
 	ShutdownTimeout time.Duration
+	// DeregisterGrace is how long a stopping service keeps serving after deregistering,
+	// so that routers stop sending to it before its listener closes.
+	DeregisterGrace time.Duration
 	// EventsMaxAge and EventsMaxBytes bound the events stream's retention.
 	EventsMaxAge   time.Duration
 	EventsMaxBytes int64
@@ -162,6 +165,7 @@ func LoadConfig(service string, args []string, getenv func(string) string) (Conf
 		UploadMaxBytes:  4 << 30,
 		UploadExpiry:    24 * time.Hour,
 		ShutdownTimeout: 15 * time.Second,
+		DeregisterGrace: time.Second,
 		GatewayTimeout:  30 * time.Second,
 		EventsMaxAge:    7 * 24 * time.Hour,
 		EventsMaxBytes:  1 << 30,
@@ -202,6 +206,7 @@ func LoadConfig(service string, args []string, getenv func(string) string) (Conf
 	durEnv("REELWAY_UPLOAD_EXPIRY", &c.UploadExpiry)
 	int64Env("REELWAY_EVENTS_MAX_BYTES", &c.EventsMaxBytes)
 	durEnv("REELWAY_SHUTDOWN_TIMEOUT", &c.ShutdownTimeout)
+	durEnv("REELWAY_DEREGISTER_GRACE", &c.DeregisterGrace)
 	durEnv("REELWAY_EVENTS_MAX_AGE", &c.EventsMaxAge)
 	durEnv("REELWAY_PLAYBACK_TOKEN_TTL", &c.PlaybackTokenTTL)
 	intEnv("REELWAY_TRANSCODE_CONCURRENCY", &c.TranscodeConcurrency)

@@ -203,6 +203,10 @@ func (rt *Runtime) Serve(ctx context.Context, service string, plugins ...Plugin)
 		}
 		rt.publish(dctx, log, events.ServiceDeregistered(service, id))
 		cancel()
+		// Keep serving while watchers (gateways, pools) learn of the deregistration: a
+		// request routed here in that window still succeeds instead of meeting a closed
+		// listener.
+		time.Sleep(rt.Config.DeregisterGrace)
 
 		sctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), rt.Config.ShutdownTimeout)
 		defer cancel()
