@@ -45,15 +45,35 @@ func waitFor(t testing.TB, timeout time.Duration, what string, cond func() error
 	t.Fatalf("timed out after %s waiting for %s: %v", timeout, what, err)
 }
 
-// freePort asks the kernel for a free TCP port on loopback.
+// handedOut remembers the ports freePort returned: the kernel may offer a port again once
+// its probe listener closes, and two processes of one test given the same port would make
+// one of them fail to start.
+var handedOut = struct {
+	sync.Mutex
+	ports map[int]bool
+}{ports: map[int]bool{}}
+
+// freePort asks the kernel for a free TCP port on loopback, never the same one twice in a
+// test binary.
 func freePort(t testing.TB) int {
 	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
+	for range 100 {
+		ln, err := net.Listen("tcp", "127.0.0.1:0")
+		if err != nil {
+			t.Fatal(err)
+		}
+		port := ln.Addr().(*net.TCPAddr).Port
+		ln.Close()
+		handedOut.Lock()
+		seen := handedOut.ports[port]
+		handedOut.ports[port] = true
+		handedOut.Unlock()
+		if !seen {
+			return port
+		}
 	}
-	defer ln.Close()
-	return ln.Addr().(*net.TCPAddr).Port
+	t.Fatal("no fresh free port")
+	return 0
 }
 
 // h2cClient speaks HTTP/2 without TLS, as gRPC clients do.
