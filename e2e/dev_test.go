@@ -6,13 +6,10 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"log/slog"
-	"net"
 	"net/http"
 	"os"
 	"path/filepath"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
@@ -24,7 +21,6 @@ import (
 	uploadv1 "github.com/reelway/reelway/gen/reelway/upload/v1"
 	"github.com/reelway/reelway/gen/reelway/upload/v1/uploadv1connect"
 	"github.com/reelway/reelway/svc/kernel"
-	"github.com/reelway/reelway/svc/platform"
 )
 
 // devPlatform is the whole platform in this process, as `reelway dev` runs it, on free ports.
@@ -37,62 +33,7 @@ const devUploadLimit = 8 << 20
 
 func startDev(t *testing.T) *devPlatform {
 	t.Helper()
-	dataDir := t.TempDir()
-	env := map[string]string{"REELWAY_DATA_DIR": dataDir}
-	cfg, err := kernel.LoadConfig("dev", nil, func(k string) string { return env[k] })
-	must(t, err, "load config")
-	cfg.Ports = map[string]int{}
-	for _, s := range kernel.Services() {
-		cfg.Ports[s] = 0
-	}
-	cfg.NATSPort = 0
-	cfg.UploadMaxBytes = devUploadLimit
-	cfg.ShutdownTimeout = 5 * time.Second
-
-	logFile, err := os.Create(filepath.Join(dataDir, "platform.log"))
-	must(t, err, "create log")
-	log := slog.New(slog.NewTextHandler(logFile, &slog.HandlerOptions{Level: slog.LevelInfo}))
-
-	var mu sync.Mutex
-	addrs := map[string]net.Addr{}
-	ready := make(chan struct{})
-	onReady := func(service string, addr net.Addr) {
-		mu.Lock()
-		defer mu.Unlock()
-		addrs[service] = addr
-		if len(addrs) == len(kernel.Services()) {
-			close(ready)
-		}
-	}
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	go func() { done <- platform.Dev(ctx, cfg, log, onReady) }()
-	t.Cleanup(func() {
-		cancel()
-		select {
-		case err := <-done:
-			if err != nil && !errors.Is(err, context.Canceled) {
-				t.Errorf("platform.Dev returned %v", err)
-			}
-		case <-time.After(30 * time.Second):
-			t.Errorf("platform did not shut down within 30s")
-		}
-		logFile.Close()
-		if t.Failed() {
-			if b, err := os.ReadFile(logFile.Name()); err == nil {
-				lines := strings.Split(string(b), "\n")
-				t.Logf("platform log (last 80 lines):\n%s", strings.Join(lines[max(0, len(lines)-80):], "\n"))
-			}
-		}
-	})
-	select {
-	case <-ready:
-	case err := <-done:
-		t.Fatalf("platform stopped during start: %v", err)
-	case <-time.After(60 * time.Second):
-		t.Fatal("platform not ready within 60s")
-	}
-	p := &devPlatform{gateway: "http://" + addrs["gateway"].String(), dataDir: dataDir}
+	p, _ := startDevOn(t, "", nil)
 
 	// The gateway routes once the catalog shows every backend passing.
 	gw := gatewayv1connect.NewGatewayServiceClient(http.DefaultClient, p.gateway)

@@ -102,8 +102,9 @@ func (c *ffmpegCounter) encodes(t *testing.T) map[string]int {
 	return out
 }
 
-// startDevOn runs the whole platform in this process against an external NATS server,
-// with extra REELWAY_* settings, and returns it with the listen address of each service.
+// startDevOn runs the whole platform in this process, as `reelway dev` does, on free ports,
+// against an external NATS server (or, with natsURL empty, an embedded one) and with extra
+// REELWAY_* settings; it returns the platform and the listen address of each service.
 func startDevOn(t *testing.T, natsURL string, extra map[string]string) (*devPlatform, map[string]net.Addr) {
 	t.Helper()
 	dataDir := t.TempDir()
@@ -118,6 +119,7 @@ func startDevOn(t *testing.T, natsURL string, extra map[string]string) (*devPlat
 		cfg.Ports[s] = 0
 	}
 	cfg.NATSURL = natsURL
+	cfg.NATSPort = 0 // an embedded server, when natsURL is empty, on a free port
 	cfg.UploadMaxBytes = devUploadLimit
 	cfg.ShutdownTimeout = 5 * time.Second
 
