@@ -72,6 +72,11 @@ func Connect(ctx context.Context, url, source string, log *slog.Logger) (*Bus, e
 			return d/2 + rand.N(d/2+1)
 		}),
 		nats.DisconnectErrHandler(func(_ *nats.Conn, err error) {
+			if err == nil {
+				// Our own drain or close: expected, not worth a warning.
+				log.Debug("nats.disconnected")
+				return
+			}
 			b.setErr(err)
 			log.Warn("nats.disconnected", "err", err)
 		}),
