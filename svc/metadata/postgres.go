@@ -281,18 +281,7 @@ func (s *Postgres) List(ctx context.Context, q ListQuery) ([]*metadatav1.Video, 
 		return nil, fmt.Errorf("%w: list: %w", ErrStore, err)
 	}
 	defer rows.Close()
-	var out []*metadatav1.Video
-	for rows.Next() {
-		v, err := scanPostgres(rows)
-		if err != nil {
-			return nil, fmt.Errorf("%w: list: %w", ErrStore, err)
-		}
-		out = append(out, v)
-	}
-	if err := rows.Err(); err != nil {
-		return nil, fmt.Errorf("%w: list: %w", ErrStore, err)
-	}
-	return out, nil
+	return collect(rows, scanPostgres)
 }
 
 // explainList returns PostgreSQL's plan for q with sequential scans disabled: on the tiny

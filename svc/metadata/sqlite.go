@@ -355,18 +355,7 @@ func (s *SQLite) List(ctx context.Context, q ListQuery) ([]*metadatav1.Video, er
 		return nil, fmt.Errorf("%w: list: %w", ErrStore, err)
 	}
 	defer rows.Close()
-	var out []*metadatav1.Video
-	for rows.Next() {
-		v, err := scanSQLite(rows)
-		if err != nil {
-			return nil, fmt.Errorf("%w: list: %w", ErrStore, err)
-		}
-		out = append(out, v)
-	}
-	if err := rows.Err(); err != nil {
-		return nil, fmt.Errorf("%w: list: %w", ErrStore, err)
-	}
-	return out, nil
+	return collect(rows, scanSQLite)
 }
 
 // explainList returns SQLite's query plan for q, one step per line; the tests use it to

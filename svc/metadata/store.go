@@ -116,3 +116,26 @@ func OpenStore(ctx context.Context, cfg Config, log *slog.Logger) (Store, error)
 	log.InfoContext(ctx, "store.open", "backend", "sqlite", "path", path)
 	return s, nil
 }
+
+// rowIter is what both backends' result sets (pgx.Rows, *sql.Rows) offer.
+type rowIter interface {
+	scanner
+	Next() bool
+	Err() error
+}
+
+// collect scans every row of a List query.
+func collect(rows rowIter, scan func(scanner) (*metadatav1.Video, error)) ([]*metadatav1.Video, error) {
+	var out []*metadatav1.Video
+	for rows.Next() {
+		v, err := scan(rows)
+		if err != nil {
+			return nil, fmt.Errorf("%w: list: %w", ErrStore, err)
+		}
+		out = append(out, v)
+	}
+	if err := rows.Err(); err != nil {
+		return nil, fmt.Errorf("%w: list: %w", ErrStore, err)
+	}
+	return out, nil
+}
