@@ -277,7 +277,45 @@ func LoadConfig(service string, args []string, getenv func(string) string) (Conf
 		return c, fmt.Errorf("%w: data dir: %w", ErrConfig, err)
 	}
 	c.DataDir = abs
+	c.fillDefaults()
 	return c, nil
+}
+
+// Defaults the services would otherwise apply themselves to a zero value. They are set
+// here so that the configuration logged at startup is the one in effect.
+const (
+	defaultPlaybackTokenTTL  = time.Hour
+	defaultTranscodeTimeout  = 2 * time.Hour
+	defaultWorkerMaxAttempts = 5
+	defaultWorkerAckWait     = 30 * time.Second
+)
+
+// fillDefaults replaces zero values that mean "the default" with the default itself.
+func (c *Config) fillDefaults() {
+	if c.Port == 0 && c.Service != "dev" {
+		c.Port = c.PortFor(c.Service)
+	}
+	if c.PlaybackTokenTTL <= 0 {
+		c.PlaybackTokenTTL = defaultPlaybackTokenTTL
+	}
+	if c.TranscodeConcurrency <= 0 {
+		c.TranscodeConcurrency = 1
+	}
+	if c.TranscodeTimeout <= 0 {
+		c.TranscodeTimeout = defaultTranscodeTimeout
+	}
+	if c.WorkerConcurrency == 0 {
+		c.WorkerConcurrency = 1
+	}
+	if c.WorkerMaxAttempts == 0 {
+		c.WorkerMaxAttempts = defaultWorkerMaxAttempts
+	}
+	if c.WorkerAckWait == 0 {
+		c.WorkerAckWait = defaultWorkerAckWait
+	}
+	if len(c.WorkerBackoff) == 0 {
+		c.WorkerBackoff = []time.Duration{time.Second, 10 * time.Second, time.Minute}
+	}
 }
 
 func envOr(getenv func(string) string, name, def string) string {
@@ -297,17 +335,24 @@ func (c Config) LogValue() slog.Value {
 		slog.String("consul", orDefault(c.ConsulAddr, "embedded")),
 		slog.String("nats", orDefault(c.NATSURL, "embedded")),
 		slog.String("data_dir", c.DataDir),
+		slog.String("log_level", c.LogLevel),
 		slog.Int64("upload_max_bytes", c.UploadMaxBytes),
 		slog.Duration("upload_expiry", c.UploadExpiry),
 		slog.Any("auth_secret", c.AuthSecret),
 		slog.Any("database_url", c.DatabaseURL),
 		slog.Duration("shutdown_timeout", c.ShutdownTimeout),
+		slog.Duration("deregister_grace", c.DeregisterGrace),
+		slog.Duration("gateway_timeout", c.GatewayTimeout),
+		slog.String("cors_origins", strings.Join(c.CORSOrigins, ",")),
 		slog.Duration("events_max_age", c.EventsMaxAge),
 		slog.Int64("events_max_bytes", c.EventsMaxBytes),
 		slog.Int("worker_concurrency", c.WorkerConcurrency),
+		slog.Int("worker_max_attempts", c.WorkerMaxAttempts),
+		slog.Duration("worker_ack_wait", c.WorkerAckWait),
+		slog.Any("worker_backoff", c.WorkerBackoff),
 		slog.Any("playback_secret", c.PlaybackSecret),
 		slog.Duration("playback_token_ttl", c.PlaybackTokenTTL),
-		slog.String("transcode_ladder", c.TranscodeLadder),
+		slog.String("transcode_ladder", orDefault(c.TranscodeLadder, "standard")),
 		slog.Int("transcode_concurrency", c.TranscodeConcurrency),
 		slog.Duration("transcode_timeout", c.TranscodeTimeout),
 		slog.String("version", c.Version),

@@ -108,3 +108,32 @@ func TestConfigLogMasksSecrets(t *testing.T) {
 		t.Fatalf("secret not shown masked: %s", buf.String())
 	}
 }
+
+// The startup line must show the values in effect, not the zero values that mean "the
+// default" to the services.
+func TestConfigLogShowsEffectiveDefaults(t *testing.T) {
+	cases := []struct {
+		service string
+		env     map[string]string
+		want    []string
+	}{
+		{service: "upload", want: []string{`"port":9091`, `"playback_token_ttl":3600000000000`, `"transcode_concurrency":1`,
+			`"transcode_timeout":7200000000000`, `"worker_concurrency":1`, `"transcode_ladder":"standard"`, `"gateway_timeout":30000000000`}},
+		{service: "streaming", env: map[string]string{"REELWAY_PORT_OFFSET": "100"}, want: []string{`"port":9193`}},
+		{service: "worker", env: map[string]string{"REELWAY_WORKER_CONCURRENCY": "4", "REELWAY_TRANSCODE_LADDER": "240p"},
+			want: []string{`"worker_concurrency":4`, `"transcode_ladder":"240p"`, `"worker_max_attempts":5`}},
+	}
+	for _, tc := range cases {
+		c, err := kernel.LoadConfig(tc.service, nil, func(k string) string { return tc.env[k] })
+		if err != nil {
+			t.Fatal(err)
+		}
+		var buf bytes.Buffer
+		slog.New(slog.NewJSONHandler(&buf, nil)).Info("startup", "config", c)
+		for _, w := range tc.want {
+			if !strings.Contains(buf.String(), w) {
+				t.Errorf("%s: %s missing from %s", tc.service, w, buf.String())
+			}
+		}
+	}
+}

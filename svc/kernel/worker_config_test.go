@@ -16,7 +16,10 @@ func TestWorkerConfig(t *testing.T) {
 		want    kernel.Config
 		wantErr bool
 	}{
-		{name: "defaults are the worker's", want: kernel.Config{}},
+		// The defaults are filled in so the startup log shows the values in effect; they
+		// are the worker package's own defaults.
+		{name: "defaults are the worker's", want: kernel.Config{WorkerConcurrency: 1, WorkerMaxAttempts: 5,
+			WorkerAckWait: 30 * time.Second, WorkerBackoff: []time.Duration{time.Second, 10 * time.Second, time.Minute}}},
 		{
 			name: "env",
 			env: map[string]string{
@@ -27,7 +30,8 @@ func TestWorkerConfig(t *testing.T) {
 				WorkerBackoff: []time.Duration{time.Second, 10 * time.Second, time.Minute}},
 		},
 		{name: "flag overrides env", env: map[string]string{"REELWAY_WORKER_CONCURRENCY": "3"}, args: []string{"-worker-concurrency", "2"},
-			want: kernel.Config{WorkerConcurrency: 2}},
+			want: kernel.Config{WorkerConcurrency: 2, WorkerMaxAttempts: 5, WorkerAckWait: 30 * time.Second,
+				WorkerBackoff: []time.Duration{time.Second, 10 * time.Second, time.Minute}}},
 		{name: "bad backoff", env: map[string]string{"REELWAY_WORKER_BACKOFF": "1s,soon"}, wantErr: true},
 		{name: "zero backoff", env: map[string]string{"REELWAY_WORKER_BACKOFF": "0s"}, wantErr: true},
 		{name: "negative concurrency", env: map[string]string{"REELWAY_WORKER_CONCURRENCY": "-1"}, wantErr: true},
