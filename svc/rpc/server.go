@@ -44,6 +44,8 @@ func NewServer(log *slog.Logger, status func() any) *Server {
 		connect.WithReadMaxBytes(MaxMessageBytes),
 		// Compressing a few hundred bytes costs more CPU than it saves on the wire.
 		connect.WithCompressMinBytes(1024),
+		connect.WithCodec(jsonCodec{name: "json"}),
+		connect.WithCodec(jsonCodec{name: "json; charset=utf-8"}),
 	}
 	return s
 }
