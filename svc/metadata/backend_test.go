@@ -74,6 +74,7 @@ func suite() []suiteCase {
 		{"Lifecycle", testLifecyclePublishesEvents},
 		{"Pagination", testListPagination},
 		{"BadInput", testBadInput},
+		{"Titles", testTitles},
 		{"PublishFailure", testPublishFailureDoesNotFailWrites},
 		{"Reopen", testReopenKeepsVideos},
 		{"Filters", testFilters},

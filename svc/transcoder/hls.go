@@ -116,7 +116,20 @@ func (s *Service) transcode(ctx context.Context, id, jobID, src string, p probeR
 	if err := os.Chmod(tmp, 0o755); err != nil {
 		return nil, fmt.Errorf("chmod output: %w", err)
 	}
+	// ffmpeg reads the source through its open file, so a video deleted mid-run (its
+	// source removed) still gets encoded to the end; its output must not outlive it.
+	if err := s.sourceKept(id); err != nil {
+		return nil, err
+	}
 	if err := s.swapIn(ctx, root, tmp, id); err != nil {
+		return nil, err
+	}
+	// The deletion's cleanup removes the source before the output folder, so output
+	// swapped in after that cleanup looked is caught here.
+	if err := s.sourceKept(id); err != nil {
+		if rmErr := os.RemoveAll(filepath.Join(root, id)); rmErr != nil {
+			s.log.WarnContext(ctx, "transcode.cleanup", "video_id", id, "err", rmErr)
+		}
 		return nil, err
 	}
 	s.log.InfoContext(ctx, "transcode.done", "video_id", id, "job_id", jobID,
@@ -431,6 +444,15 @@ func avcCodecs(profile string, level int, hasAudio bool) string {
 		c += ",mp4a.40.2"
 	}
 	return c
+}
+
+// sourceKept fails with ErrNotFound when the video's source has been removed since the
+// transcode began: the video was deleted.
+func (s *Service) sourceKept(id string) error {
+	if _, err := s.source(id); err != nil {
+		return fmt.Errorf("%w (removed while transcoding: the video was deleted)", err)
+	}
+	return nil
 }
 
 // swapIn moves the finished folder to hls/<id>. A previous output is first renamed aside

@@ -157,6 +157,13 @@ func (s *Service) Transcode(ctx context.Context, req *transcoderv1.TranscodeRequ
 		return nil, s.toConnect(ctx, err)
 	}
 	res, err := s.transcodeSource(ctx, id, req.GetJobId(), src)
+	if err != nil && ctx.Err() == nil {
+		// Whatever ffmpeg made of it, a source removed mid-run means the video was
+		// deleted: not_found, which no retry can change, rather than an undecodable input.
+		if gone := s.sourceKept(id); errors.Is(gone, ErrNotFound) {
+			err = gone
+		}
+	}
 	s.jobs.finish(id, err)
 	if err != nil {
 		return nil, s.toConnect(ctx, err)

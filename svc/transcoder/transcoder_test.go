@@ -698,3 +698,43 @@ func TestKilledFFmpegIsTransient(t *testing.T) {
 	}
 	waitFor(t, 10*time.Second, "nothing left behind", func() bool { return len(e.hlsEntries(t)) == 0 })
 }
+
+// TestSourceRemovedMidTranscode: a video deleted while it transcodes loses its source
+// (ffmpeg, reading its open file, still encodes to the end); the transcode must then leave
+// no output behind and answer not_found, so the deleted video never gets renditions.
+func TestSourceRemovedMidTranscode(t *testing.T) {
+	for _, proto := range protocols {
+		t.Run(proto, func(t *testing.T) {
+			e := newEnv(t)
+			e.upload(t, "gone", testClips.av)
+			errc := make(chan error, 1)
+			go func() {
+				_, err := e.clients[proto].Transcode(t.Context(), &transcoderv1.TranscodeRequest{VideoId: "gone", JobId: "job-gone"})
+				errc <- err
+			}()
+			// ffmpeg is encoding once it has made the rendition folders in the temporary folder.
+			waitFor(t, 20*time.Second, "ffmpeg encoding", func() bool {
+				tmp, _ := filepath.Glob(filepath.Join(media.HLSRoot(e.dataDir), ".tmp-gone-*", "360p"))
+				return len(tmp) == 1
+			})
+			src, err := media.SourcePath(e.dataDir, "gone")
+			if err != nil {
+				t.Fatal(err)
+			}
+			if err := os.RemoveAll(filepath.Dir(src)); err != nil {
+				t.Fatal(err)
+			}
+			select {
+			case err := <-errc:
+				if got := connect.CodeOf(err); got != connect.CodeNotFound {
+					t.Fatalf("transcode of a removed source: code = %v (%v), want not_found", got, err)
+				}
+			case <-time.After(60 * time.Second):
+				t.Fatal("transcode did not return")
+			}
+			if left := e.hlsEntries(t); len(left) != 0 {
+				t.Errorf("HLS root holds %v after the source was removed", left)
+			}
+		})
+	}
+}

@@ -108,10 +108,14 @@ type runningWorker struct {
 }
 
 // startWorker runs a worker on the shared job store until stop is called or the test
-// ends; stop waits for Start to return and closes the worker.
+// ends; stop waits for Start to return and closes the worker. The store is in a folder of
+// its own unless cfg.DataDir names one (the platform's data directory, where the worker
+// also finds the files it removes for deleted videos).
 func (e *env) startWorker(name string, cfg worker.Config) *runningWorker {
 	e.t.Helper()
-	cfg.DataDir = filepath.Join(e.dataDir, "worker")
+	if cfg.DataDir == "" {
+		cfg.DataDir = filepath.Join(e.dataDir, "worker")
+	}
 	cfg.Instance = name
 	w, err := worker.Open(e.t.Context(), e.log, cfg, e.bus, e.bus, e.meta, e.tc)
 	if err != nil {

@@ -97,7 +97,7 @@ func (s *Service) CancelJob(ctx context.Context, req *workerv1.CancelJobRequest)
 	if !errors.Is(err, ErrJobState) {
 		return nil, connectError(err)
 	}
-	if err := s.store.requestCancel(ctx, id); err != nil {
+	if err := s.store.requestCancel(ctx, id, cancelByCaller); err != nil {
 		if _, gerr := s.store.get(ctx, id); gerr != nil {
 			return nil, connectError(gerr)
 		}

@@ -64,10 +64,33 @@ type jobRow struct {
 	attempt, charged, maxAtt   int
 	retries                    int
 	enqueued, deadLettered     bool
-	cancelRequested            bool
+	cancel                     cancelCause
 	errText, owner             string
 	leaseUntil, nextAttempt    time.Time
 	created, updated           time.Time
+}
+
+// cancelCause is why a running job was asked to stop, as the store keeps it in
+// cancel_requested: the worker running the job, in this process or another, reads it with
+// its lease and ends the attempt accordingly.
+type cancelCause int
+
+const (
+	// cancelNone: nobody asked the job to stop.
+	cancelNone cancelCause = 0
+	// cancelByCaller: CancelJob. The video is marked FAILED.
+	cancelByCaller cancelCause = 1
+	// cancelVideoDeleted: the job's video was deleted. Nothing is recorded on the video
+	// (it is gone) and its files are removed. It outranks cancelByCaller.
+	cancelVideoDeleted cancelCause = 2
+)
+
+// err is the cause that ends an attempt stopped for c.
+func (c cancelCause) err() error {
+	if c == cancelVideoDeleted {
+		return errVideoDeleted
+	}
+	return errCancelled
 }
 
 // proto renders the row for the API.
@@ -125,14 +148,14 @@ type scanner interface{ Scan(dest ...any) error }
 
 func scanJob(sc scanner) (*jobRow, error) {
 	var r jobRow
-	var state int32
+	var state, cancel int32
 	var lease, next, created, updated int64
 	err := sc.Scan(&r.id, &r.kind, &r.videoID, &r.eventID, &state, &r.attempt, &r.charged, &r.maxAtt, &r.retries,
-		&r.enqueued, &r.deadLettered, &r.cancelRequested, &r.errText, &r.owner, &lease, &next, &created, &updated)
+		&r.enqueued, &r.deadLettered, &cancel, &r.errText, &r.owner, &lease, &next, &created, &updated)
 	if err != nil {
 		return nil, err
 	}
-	r.state = workerv1.JobState(state)
+	r.state, r.cancel = workerv1.JobState(state), cancelCause(cancel)
 	r.leaseUntil, r.nextAttempt = time.UnixMicro(lease), time.UnixMicro(next)
 	r.created, r.updated = time.UnixMicro(created), time.UnixMicro(updated)
 	return &r, nil
@@ -221,16 +244,16 @@ func (s *store) claim(ctx context.Context, id, owner string, lease time.Duration
 	return r, nil
 }
 
-// renew extends owner's lease on a running job and reports whether a cancel was asked
-// for. errLeaseLost means another worker took the job over.
-func (s *store) renew(ctx context.Context, id, owner string, lease time.Duration) (cancel bool, err error) {
+// renew extends owner's lease on a running job and reports whether, and why, it was asked
+// to stop. errLeaseLost means another worker took the job over.
+func (s *store) renew(ctx context.Context, id, owner string, lease time.Duration) (cancel cancelCause, err error) {
 	err = s.db.QueryRowContext(ctx, `UPDATE jobs SET lease_until_us = ? WHERE id = ? AND owner = ? AND state = ?
 		RETURNING cancel_requested`, time.Now().Add(lease).UnixMicro(), id, owner, int32(workerv1.JobState_JOB_STATE_RUNNING)).Scan(&cancel)
 	if errors.Is(err, sql.ErrNoRows) {
-		return false, fmt.Errorf("%w: job %s", errLeaseLost, id)
+		return cancelNone, fmt.Errorf("%w: job %s", errLeaseLost, id)
 	}
 	if err != nil {
-		return false, fmt.Errorf("worker: renew job %s: %w", id, err)
+		return cancelNone, fmt.Errorf("worker: renew job %s: %w", id, err)
 	}
 	return cancel, nil
 }
@@ -343,10 +366,11 @@ func (s *store) requeue(ctx context.Context, id string) (r *jobRow, undo func(co
 	return r, undo, err
 }
 
-// requestCancel asks the worker running job id to stop it.
-func (s *store) requestCancel(ctx context.Context, id string) error {
-	res, err := s.db.ExecContext(ctx, `UPDATE jobs SET cancel_requested = 1, update_us = ? WHERE id = ? AND state = ?`,
-		time.Now().UnixMicro(), id, int32(workerv1.JobState_JOB_STATE_RUNNING))
+// requestCancel asks the worker running job id to stop it for why. A stronger cause
+// already asked for is kept.
+func (s *store) requestCancel(ctx context.Context, id string, why cancelCause) error {
+	res, err := s.db.ExecContext(ctx, `UPDATE jobs SET cancel_requested = MAX(cancel_requested, ?), update_us = ? WHERE id = ? AND state = ?`,
+		int32(why), time.Now().UnixMicro(), id, int32(workerv1.JobState_JOB_STATE_RUNNING))
 	if err != nil {
 		return fmt.Errorf("worker: cancel job %s: %w", id, err)
 	}
@@ -354,6 +378,57 @@ func (s *store) requestCancel(ctx context.Context, id string) error {
 		return fmt.Errorf("%w: job %s is not running", ErrJobState, id)
 	}
 	return nil
+}
+
+// cancelVideo stops every unfinished job of a deleted video. Jobs no worker runs (queued,
+// or running under a lapsed lease: their worker died) become CANCELLED at once; it returns
+// the ids of the jobs a live worker runs, which are asked to stop with cancelVideoDeleted.
+func (s *store) cancelVideo(ctx context.Context, videoID string) (running []string, err error) {
+	tx, err := s.db.BeginTx(ctx, nil)
+	if err != nil {
+		return nil, fmt.Errorf("worker: cancel jobs of video %s: %w", videoID, err)
+	}
+	defer func() { _ = tx.Rollback() }()
+	now := time.Now().UnixMicro()
+	if _, err := tx.ExecContext(ctx, `UPDATE jobs SET state = ?, error = ?, owner = '', lease_until_us = 0, next_attempt_us = 0,
+		cancel_requested = 0, update_us = ? WHERE video_id = ? AND (state = ? OR (state = ? AND lease_until_us <= ?))`,
+		int32(workerv1.JobState_JOB_STATE_CANCELLED), reasonVideoDeleted, now, videoID,
+		int32(workerv1.JobState_JOB_STATE_QUEUED), int32(workerv1.JobState_JOB_STATE_RUNNING), now); err != nil {
+		return nil, fmt.Errorf("worker: cancel jobs of video %s: %w", videoID, err)
+	}
+	rows, err := tx.QueryContext(ctx, `UPDATE jobs SET cancel_requested = MAX(cancel_requested, ?), update_us = ?
+		WHERE video_id = ? AND state = ? RETURNING id`,
+		int32(cancelVideoDeleted), now, videoID, int32(workerv1.JobState_JOB_STATE_RUNNING))
+	if err != nil {
+		return nil, fmt.Errorf("worker: cancel jobs of video %s: %w", videoID, err)
+	}
+	for rows.Next() {
+		var id string
+		if err := rows.Scan(&id); err != nil {
+			rows.Close()
+			return nil, fmt.Errorf("worker: cancel jobs of video %s: %w", videoID, err)
+		}
+		running = append(running, id)
+	}
+	rows.Close()
+	if err := rows.Err(); err != nil {
+		return nil, fmt.Errorf("worker: cancel jobs of video %s: %w", videoID, err)
+	}
+	if err := tx.Commit(); err != nil {
+		return nil, fmt.Errorf("worker: cancel jobs of video %s: %w", videoID, err)
+	}
+	return running, nil
+}
+
+// videoBusy reports whether a worker still runs a job of the video under a live lease.
+func (s *store) videoBusy(ctx context.Context, videoID string) (bool, error) {
+	var n int
+	err := s.db.QueryRowContext(ctx, `SELECT COUNT(*) FROM jobs WHERE video_id = ? AND state = ? AND lease_until_us > ?`,
+		videoID, int32(workerv1.JobState_JOB_STATE_RUNNING), time.Now().UnixMicro()).Scan(&n)
+	if err != nil {
+		return false, fmt.Errorf("worker: jobs of video %s: %w", videoID, err)
+	}
+	return n > 0, nil
 }
 
 // jobFilter selects jobs for list.

@@ -6,7 +6,6 @@ import (
 	"fmt"
 	"io/fs"
 	"log/slog"
-	"os"
 	"strings"
 	"time"
 	"unicode/utf8"
@@ -19,7 +18,6 @@ import (
 	transcoderv1 "github.com/reelway/reelway/gen/reelway/transcoder/v1"
 	workerv1 "github.com/reelway/reelway/gen/reelway/worker/v1"
 	"github.com/reelway/reelway/svc/events"
-	"github.com/reelway/reelway/svc/media"
 	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/fieldmaskpb"
 )
@@ -43,7 +41,12 @@ var (
 	errStopping = errors.New("worker: stopping")
 	// errCancelled ends an attempt stopped by CancelJob.
 	errCancelled = errors.New("worker: job cancelled")
+	// errVideoDeleted ends an attempt whose video was deleted.
+	errVideoDeleted = errors.New("worker: video deleted")
 )
+
+// reasonVideoDeleted is the error of a job cancelled because its video was deleted.
+const reasonVideoDeleted = "video deleted"
 
 // attempt is one run of a job by this worker.
 type attempt struct {
@@ -118,8 +121,8 @@ func (s *Service) runAttempt(ctx context.Context, a *attempt) {
 	defer stop(nil)
 	s.track(a.row.id, stop)
 	defer s.untrack(a.row.id)
-	if a.row.cancelRequested {
-		stop(errCancelled)
+	if a.row.cancel != cancelNone {
+		stop(a.row.cancel.err())
 	}
 
 	beatDone := make(chan struct{})
@@ -153,6 +156,8 @@ func (s *Service) runAttempt(ctx context.Context, a *attempt) {
 	case errors.Is(cause, errLeaseLost):
 		// Another worker owns the job now; its outcome is the one that counts.
 		a.log.WarnContext(ctx, "job.lease_lost")
+	case errors.Is(cause, errVideoDeleted):
+		s.cancelDeleted(fctx, a)
 	case errors.Is(cause, errCancelled):
 		s.cancelled(fctx, a)
 	case errors.Is(cause, errStopping):
@@ -175,7 +180,8 @@ func (s *Service) runAttempt(ctx context.Context, a *attempt) {
 	}
 }
 
-// heartbeat renews the lease (which also reports a CancelJob made anywhere) every
+// heartbeat renews the lease (which also reports a CancelJob or a deletion of the video
+// handled anywhere) every
 // CancelPoll and tells JetStream the job is alive every AckWait/3, until ctx ends.
 func (s *Service) heartbeat(ctx context.Context, stop context.CancelCauseFunc, a *attempt) {
 	tick := min(s.cfg.CancelPoll, max(s.cfg.AckWait/3, 10*time.Millisecond))
@@ -202,8 +208,8 @@ func (s *Service) heartbeat(ctx context.Context, stop context.CancelCauseFunc, a
 			return
 		case err != nil:
 			a.log.WarnContext(ctx, "job.renew", "err", err)
-		case cancel:
-			stop(errCancelled)
+		case cancel != cancelNone:
+			stop(cancel.err())
 			return
 		}
 	}
@@ -491,15 +497,16 @@ func truncate(s string, n int) string {
 	return b.String()
 }
 
-// cancelDeleted settles the job of a video deleted under it: CANCELLED, no retry, and any
-// output the transcode wrote after the delete's cleanup ran is removed.
+// cancelDeleted settles the job of a video deleted under it: CANCELLED, no retry, no
+// dead letter, nothing recorded on the (gone) video, and any file of the video written
+// after the delete's cleanup ran is removed.
 func (s *Service) cancelDeleted(ctx context.Context, a *attempt) {
-	if err := s.store.finish(ctx, a.row.id, s.cfg.Instance, outcome{state: workerv1.JobState_JOB_STATE_CANCELLED, errText: "video deleted"}); err != nil {
+	if err := s.store.finish(ctx, a.row.id, s.cfg.Instance, outcome{state: workerv1.JobState_JOB_STATE_CANCELLED, errText: reasonVideoDeleted}); err != nil {
 		a.log.WarnContext(ctx, "job.record", "err", err)
 		return
 	}
-	if dir, err := media.HLSDir(s.cfg.DataDir, a.row.videoID); err == nil {
-		_ = os.RemoveAll(dir)
+	if err := s.removeFiles(a.row.videoID); err != nil {
+		a.log.WarnContext(ctx, "job.remove_files", "err", err)
 	}
 	if err := a.msg.Term(); err != nil {
 		a.log.WarnContext(ctx, "job.term", "err", err)

@@ -139,8 +139,8 @@ type Config struct {
 	// Grace is how long running jobs may go on finishing once Start's context ends
 	// (default 10s); then they are stopped and handed back unacknowledged.
 	Grace time.Duration
-	// CancelPoll is how often a running job looks for a CancelJob made through another
-	// process (default 1s).
+	// CancelPoll is how often a running job looks for a CancelJob, or a deletion of its
+	// video, handled by another process (default 1s).
 	CancelPoll time.Duration
 }
 

@@ -283,7 +283,9 @@ func (x *Rendition) GetCodecs() string {
 type Video struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	Id    string                 `protobuf:"bytes,1,opt,name=id,proto3" json:"id,omitempty"`
-	// title is required on create; an update may leave it out.
+	// title is required on create; an update may leave it out. It is one line of text: no
+	// control characters (C0, DEL or C1: tabs, line breaks, escapes), which would garble
+	// logs, headers and listings; any other Unicode is fine.
 	Title           string       `protobuf:"bytes,2,opt,name=title,proto3" json:"title,omitempty"`
 	Description     string       `protobuf:"bytes,3,opt,name=description,proto3" json:"description,omitempty"`
 	OwnerId         string       `protobuf:"bytes,4,opt,name=owner_id,json=ownerId,proto3" json:"owner_id,omitempty"`
@@ -985,10 +987,10 @@ const file_reelway_metadata_v1_metadata_proto_rawDesc = "" +
 	"\x06height\x18\x03 \x01(\x05B\v\xbaH\b\x1a\x06\x18\x80\x80\x01(\x00R\x06height\x12%\n" +
 	"\tbandwidth\x18\x04 \x01(\x03B\a\xbaH\x04\"\x02(\x00R\tbandwidth\x12-\n" +
 	"\rplaylist_path\x18\x05 \x01(\tB\b\xbaH\x05r\x03\x18\x80\x02R\fplaylistPath\x12 \n" +
-	"\x06codecs\x18\x06 \x01(\tB\b\xbaH\x05r\x03\x18\x80\x01R\x06codecs\"\x95\a\n" +
+	"\x06codecs\x18\x06 \x01(\tB\b\xbaH\x05r\x03\x18\x80\x01R\x06codecs\"\xaf\a\n" +
 	"\x05Video\x12,\n" +
-	"\x02id\x18\x01 \x01(\tB\x1c\xbaH\x19r\x172\x15^[A-Za-z0-9_-]{1,64}$R\x02id\x12\x1e\n" +
-	"\x05title\x18\x02 \x01(\tB\b\xbaH\x05r\x03\x18\xc8\x01R\x05title\x12*\n" +
+	"\x02id\x18\x01 \x01(\tB\x1c\xbaH\x19r\x172\x15^[A-Za-z0-9_-]{1,64}$R\x02id\x128\n" +
+	"\x05title\x18\x02 \x01(\tB\"\xbaH\x1fr\x1d\x18\xc8\x012\x18^[^\\x00-\\x1F\\x7F-\\x9F]*$R\x05title\x12*\n" +
 	"\vdescription\x18\x03 \x01(\tB\b\xbaH\x05r\x03\x18\x88'R\vdescription\x12\"\n" +
 	"\bowner_id\x18\x04 \x01(\tB\a\xbaH\x04r\x02\x18@R\aownerId\x12B\n" +
 	"\x06status\x18\x05 \x01(\x0e2 .reelway.metadata.v1.VideoStatusB\b\xbaH\x05\x82\x01\x02\x10\x01R\x06status\x12I\n" +
