@@ -39,8 +39,10 @@ func removeHopByHop(h http.Header) {
 // work: the inbound request is reused (its headers are edited in place, the handler owns
 // them now), response headers move over without copying their values, and a unary
 // response is written without intermediate flushes. Streaming responses are flushed after
-// every read, so each message leaves as soon as it arrives.
-func (g *Gateway) forward(ctx context.Context, w http.ResponseWriter, r *http.Request, c *call) {
+// every read, so each message leaves as soon as it arrives. pb is a plain route's request
+// body (nil for RPCs and bodiless requests): an answer that comes before all of it went
+// through is relayed by relayEarly.
+func (g *Gateway) forward(ctx context.Context, w http.ResponseWriter, r *http.Request, c *call, pb *plainBody) {
 	out := r.WithContext(context.WithValue(ctx, callKey{}, c))
 	u := *r.URL
 	u.Scheme, u.Host = "http", "backend.invalid" // the transport picks the instance per attempt
@@ -82,6 +84,10 @@ func (g *Gateway) forward(ctx context.Context, w http.ResponseWriter, r *http.Re
 	defer resp.Body.Close()
 	removeHopByHop(resp.Header)
 	delete(resp.Header, rpc.HeaderRequestID) // the gateway already answers with the id it forwarded
+	if pb != nil && pb.unfinished() {
+		g.relayEarly(w, r, resp, pb)
+		return
+	}
 	dst := w.Header()
 	for k, v := range resp.Header {
 		dst[k] = v

@@ -40,6 +40,11 @@ var (
 	ErrBackendUnavailable = errors.New("gateway: backend unavailable")
 	// ErrDeadline means the call's deadline expired at the gateway.
 	ErrDeadline = errors.New("gateway: deadline exceeded")
+	// ErrMethodNotAllowed means a plain route does not serve the request's method.
+	ErrMethodNotAllowed = errors.New("gateway: method not allowed")
+	// ErrBadPath means the request path has a dot segment or an encoded slash, which no
+	// route serves and which must not reach a backend.
+	ErrBadPath = errors.New("gateway: path with a dot segment or an encoded slash")
 )
 
 // Routes is what the gateway needs from the registry.
@@ -76,18 +81,6 @@ type Options struct {
 	// Metrics receives the gateway's metrics, served at GET /metrics; nil uses a new
 	// registry of the gateway's own.
 	Metrics *prometheus.Registry
-}
-
-// plainRoute maps the gateway's plain HTTP prefixes to the registered service behind
-// them, and the route label they are counted under.
-func plainRoute(path string) (service, route string, ok bool) {
-	switch {
-	case path == "/v1/uploads" || strings.HasPrefix(path, "/v1/uploads/"):
-		return "upload", "/v1/uploads", true
-	case strings.HasPrefix(path, "/v1/hls/"):
-		return "streaming", "/v1/hls", true
-	}
-	return "", "", false
 }
 
 // Gateway proxies requests to the platform's services.
@@ -158,8 +151,10 @@ func New(log *slog.Logger, routes Routes, known []string, opts Options) *Gateway
 }
 
 // Mount adds the gateway's own service, reflection for every known service, the metrics
-// endpoint, and the catch-all proxy, all behind the CORS policy.
+// endpoint, and the catch-all proxy, all behind the CORS policy, and in front of them the
+// refusal of unclean paths.
 func (g *Gateway) Mount(srv *rpc.Server) error {
+	srv.Front(g.refuseUncleanPaths)
 	path, h := gatewayv1connect.NewGatewayServiceHandler(g, srv.HandlerOptions()...)
 	srv.Mount(gatewayv1connect.GatewayServiceName, path, g.cors.Handler(h))
 	known := make([]string, 0, len(g.known))
@@ -259,11 +254,20 @@ type callKey struct{}
 
 func (g *Gateway) serve(w http.ResponseWriter, r *http.Request) {
 	c := &call{}
-	if service, route, ok := plainRoute(r.URL.Path); ok {
-		c.route, c.key, c.wire = route, service, rpc.WireHTTP
+	var pb *plainBody
+	if p, ok := plainRoute(r.URL.Path); ok {
+		if !p.forwards(r.Method) {
+			g.refuseMethod(w, r, &p)
+			return
+		}
+		c.route, c.key, c.wire = p.route, p.service, rpc.WireHTTP
 		c.idempotent = r.Method == http.MethodGet || r.Method == http.MethodHead
 		c.streamBody = true
-		c.instances, _ = g.routes.Resolve(r.Context(), service)
+		c.instances, _ = g.routes.Resolve(r.Context(), p.service)
+		if r.ContentLength != 0 && r.Body != nil && r.Body != http.NoBody {
+			pb = newPlainBody(r)
+			r.Body = pb
+		}
 	} else {
 		protoService, _, ok := splitProcedure(r.URL.Path)
 		if !ok {
@@ -323,7 +327,7 @@ func (g *Gateway) serve(w http.ResponseWriter, r *http.Request) {
 		defer cancel()
 	}
 	g.budget.deposit()
-	g.forward(ctx, w, r, c)
+	g.forward(ctx, w, r, c, pb)
 }
 
 // callerTimeout reads the caller's deadline from the header of its protocol; a negative
@@ -359,6 +363,10 @@ func newPlainTransport() *http.Transport {
 		MaxIdleConnsPerHost:   64,
 		IdleConnTimeout:       90 * time.Second,
 		ResponseHeaderTimeout: 0, // uploads take as long as they take
+		// A caller's "Expect: 100-continue" waits for the backend's own 100 (sent when the
+		// upload handler starts reading) before the gateway reads the body, so a body the
+		// backend refuses from its headers (413) is never asked for, as with no proxy.
+		ExpectContinueTimeout: time.Second,
 		DisableCompression:    true,
 		ReadBufferSize:        64 << 10,
 		WriteBufferSize:       64 << 10,

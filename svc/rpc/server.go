@@ -28,6 +28,7 @@ type Server struct {
 	reflectN []string
 	catchAll bool
 	patterns map[string]bool
+	front    func(http.Handler) http.Handler
 }
 
 // HasRoute reports whether a plain route was added with exactly this pattern.
@@ -86,6 +87,11 @@ func (s *Server) Handle(pattern string, h http.Handler) {
 	s.mux.Handle(pattern, WithHTTPLogging(s.log, h))
 }
 
+// Front puts wrap around the whole handler, in front of the mux: it sees each request
+// before the mux cleans its path (by redirecting, with an HTML body), so a proxy can refuse
+// such paths in its own format.
+func (s *Server) Front(wrap func(http.Handler) http.Handler) { s.front = wrap }
+
 // ProtoServices returns the proto services mounted so far.
 func (s *Server) ProtoServices() []string { return append([]string(nil), s.names...) }
 
@@ -99,6 +105,9 @@ func (s *Server) Handler() http.Handler {
 	s.mux.HandleFunc("GET /healthz", s.healthz)
 	if !s.catchAll {
 		s.mux.Handle("/", WithHTTPLogging(s.log, http.HandlerFunc(s.notFound)))
+	}
+	if s.front != nil {
+		return s.front(s.mux)
 	}
 	return s.mux
 }
