@@ -97,7 +97,8 @@ type Gateway struct {
 	base      http.RoundTripper
 	plain     http.RoundTripper
 	transport *transport
-	buffers   *sync.Pool
+	buffers   *sync.Pool // RPC bodies: messages are small
+	transfers *sync.Pool // plain-route bodies: segments, downloads, uploads
 	errw      *connect.ErrorWriter
 
 	mu       sync.RWMutex
@@ -146,7 +147,8 @@ func New(log *slog.Logger, routes Routes, known []string, opts Options) *Gateway
 	g.breakers = rpc.NewBreakersWith(log, opts.Breaker, g.metrics.transition)
 	g.cors = newCORS(opts.CORSOrigins)
 	g.transport = &transport{g: g}
-	g.buffers = newBuffers()
+	g.buffers = newBuffers(32 << 10)
+	g.transfers = newBuffers(transferBufferSize)
 	return g
 }
 

@@ -187,8 +187,8 @@ func (g *Gateway) relayEarly(w http.ResponseWriter, r *http.Request, resp *http.
 		pb.stopped.Store(true)
 		_ = rc.SetReadDeadline(time.Now())
 	}
-	bp := g.buffers.Get().(*[]byte)
-	defer g.buffers.Put(bp)
+	bp := g.transfers.Get().(*[]byte)
+	defer g.transfers.Put(bp)
 	buf := *bp
 	for {
 		n, rerr := resp.Body.Read(buf)
