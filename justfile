@@ -53,7 +53,7 @@ build:
     go build -o bin/reelway .
 
 # Run the benchmarks and write their sections of BENCHMARKS.md.
-bench: bench-media bench-events bench-gateway
+bench: bench-media bench-events bench-gateway bench-upload
 
 # Media benchmark: segment serving (nginx vs streaming vs gateway, wrk) and transcode wall time vs raw ffmpeg.
 bench-media:
@@ -67,6 +67,10 @@ bench-gateway:
     go build -o bin/reelway .
     go build -o bin/testbackend ./gateway/internal/testbackend/cmd/testbackend
     REELWAY_BENCH_FILE={{justfile_directory()}}/BENCHMARKS.md REELWAY_CONSUL_BIN={{consul}} go run ./bench -reelway bin/reelway -testbackend bin/testbackend
+
+# Upload benchmark: a 1 GiB file through the gateway (POST and tus) against dd to the same disk, and the upload process's peak memory.
+bench-upload:
+    REELWAY_BENCH_FILE={{justfile_directory()}}/BENCHMARKS.md REELWAY_CONSUL_BIN={{consul}} go test ./e2e -run '^TestBenchUpload$' -count=1 -timeout 20m -v
 
 # Event bus benchmark: the bus against raw nats.go JetStream, throughput and publish→handler latency.
 bench-events:

@@ -91,7 +91,9 @@ func (t *tusServer) verifyChecksum(w http.ResponseWriter, r *http.Request) (clea
 	h := newChecksumHash(algo)
 	body := &deadlineReader{r: r.Body, rc: http.NewResponseController(w), timeout: tusNetworkTimeout}
 	// Reading one byte past the limit tells an oversize body from one of exactly the limit.
-	n, err := io.CopyBuffer(io.MultiWriter(fileWriter{f}, h), io.LimitReader(body, limit+1), make([]byte, copyBufferSize))
+	buf := t.s.buffer()
+	defer t.s.release(buf)
+	n, err := io.CopyBuffer(io.MultiWriter(fileWriter{f: f}, h), io.LimitReader(body, limit+1), *buf)
 	switch {
 	case n > limit:
 		err = fmt.Errorf("%w: more than %d bytes", ErrTooLarge, limit)

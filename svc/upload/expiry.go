@@ -92,6 +92,7 @@ func (t *tusServer) sweepUpload(ctx context.Context, id string) error {
 				return err
 			}
 			t.s.log.DebugContext(ctx, "upload.tus_forgotten", "video_id", id)
+			t.removeHash(id)
 			return os.Remove(t.infoPath(id))
 		})
 	case info.Storage[storageState] == stateStored || t.bytesComplete(id, info.Size):

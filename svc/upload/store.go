@@ -25,8 +25,9 @@ import (
 )
 
 const (
-	// copyBufferSize is the piece of the file held in memory at a time.
-	copyBufferSize = 256 << 10
+	// copyBufferSize is the piece of a file held in memory at a time by one upload: large,
+	// so that moving a big file takes few system calls, and pooled (Service.buffer).
+	copyBufferSize = 1 << 20
 	// finishTimeout bounds the steps after the bytes are stored. They run detached from
 	// the caller's context so a client hanging up at the last moment cannot leave a
 	// stored file without its record and event.
@@ -60,7 +61,10 @@ func validateMetadata(meta *uploadv1.UploadMetadata) error {
 		if !utf8.ValidString(v) {
 			return fmt.Errorf("%w: %s is not valid UTF-8", ErrInvalid, name)
 		}
-		if strings.ContainsFunc(v, func(r rune) bool { return unicode.IsControl(r) && r != '\n' && r != '\t' }) {
+		// Line breaks and tabs belong in a description, never in a one-line title or a
+		// filename (metadata refuses them in titles too).
+		multiline := name == "description"
+		if strings.ContainsFunc(v, func(r rune) bool { return unicode.IsControl(r) && !(multiline && (r == '\n' || r == '\t')) }) {
 			return fmt.Errorf("%w: %s contains control characters", ErrInvalid, name)
 		}
 	}
@@ -121,6 +125,9 @@ func (s *Service) store(ctx context.Context, meta *uploadv1.UploadMetadata, r io
 			s.markFailed(fctx, id, "upload aborted: "+err.Error())
 		}
 		log.WarnContext(ctx, "upload.create_video", "err", err)
+		if connect.CodeOf(err) == connect.CodeInvalidArgument {
+			return nil, fmt.Errorf("%w: create video: %w", ErrInvalid, err)
+		}
 		return nil, fmt.Errorf("%w: create video: %w", ErrUnavailable, err)
 	}
 	if err := s.pub.Publish(fctx, events.UploadCompleted(Source, id, size, sum)); err != nil {
@@ -153,7 +160,9 @@ func (s *Service) write(dir string, r io.Reader) (int64, string, error) {
 	h := sha256.New()
 	// Reading one byte past the limit tells an oversize body from one of exactly MaxBytes.
 	lr := io.LimitReader(r, s.cfg.MaxBytes+1)
-	n, err := io.CopyBuffer(io.MultiWriter(fileWriter{f}, h), lr, make([]byte, copyBufferSize))
+	buf := s.buffer()
+	defer s.release(buf)
+	n, err := io.CopyBuffer(io.MultiWriter(fileWriter{f: f, wb: newWriteBehind(f, 0)}, h), lr, *buf)
 	switch {
 	case n > s.cfg.MaxBytes:
 		return 0, "", fmt.Errorf("%w: more than %d bytes", ErrTooLarge, s.cfg.MaxBytes)
@@ -181,10 +190,17 @@ func (s *Service) write(dir string, r io.Reader) (int64, string, error) {
 
 // fileWriter tags the local file's write errors so they are told apart from the caller's
 // read errors after io.CopyBuffer.
-type fileWriter struct{ f *os.File }
+type fileWriter struct {
+	f *os.File
+	// wb, if not nil, sends the bytes on to the disk as they come.
+	wb *writeBehind
+}
 
 func (w fileWriter) Write(p []byte) (int, error) {
 	n, err := w.f.Write(p)
+	if w.wb != nil {
+		w.wb.wrote(n)
+	}
 	if err != nil {
 		return n, &writeError{err: err}
 	}

@@ -278,12 +278,16 @@ func (st *tusStore) NewUpload(ctx context.Context, info handler.FileInfo) (handl
 	if err != nil {
 		return nil, st.t.httpError(ctx, err)
 	}
-	return up, nil
+	return hashingUpload{Upload: up, t: st.t}, nil
 }
 
 // GetUpload implements handler.DataStore.
 func (st *tusStore) GetUpload(ctx context.Context, id string) (handler.Upload, error) {
-	return st.t.files.GetUpload(ctx, id)
+	up, err := st.t.files.GetUpload(ctx, id)
+	if err != nil {
+		return nil, err
+	}
+	return hashingUpload{Upload: up, t: st.t}, nil
 }
 
 // AsTerminatableUpload implements handler.TerminaterDataStore.
@@ -310,9 +314,10 @@ func (c cancellation) Terminate(ctx context.Context) error {
 	if err := c.t.failVideo(fctx, info.ID, reasonCancelled); err != nil {
 		return c.t.httpError(ctx, err)
 	}
-	if err := c.t.files.AsTerminatableUpload(c.up).Terminate(ctx); err != nil {
+	if err := c.t.files.AsTerminatableUpload(unwrapUpload(c.up)).Terminate(ctx); err != nil {
 		return c.t.httpError(ctx, fmt.Errorf("%w: %w", ErrStorage, err))
 	}
+	c.t.removeHash(info.ID)
 	c.t.publishFailed(fctx, info.ID, reasonCancelled)
 	c.t.s.log.InfoContext(ctx, "upload.tus_cancelled", "video_id", info.ID, "offset", info.Offset)
 	return nil
@@ -349,6 +354,9 @@ func (t *tusServer) create(ctx context.Context, info handler.FileInfo) (handler.
 		if c := connect.CodeOf(err); c == connect.CodeDeadlineExceeded || c == connect.CodeUnknown {
 			// The record may exist even though the answer was lost.
 			_ = t.failVideo(fctx, info.ID, "upload aborted: "+err.Error())
+		}
+		if connect.CodeOf(err) == connect.CodeInvalidArgument {
+			return nil, fmt.Errorf("%w: create video: %w", ErrInvalid, err)
 		}
 		return nil, fmt.Errorf("%w: create video: %w", ErrUnavailable, err)
 	}
@@ -401,7 +409,7 @@ func (t *tusServer) finish(ctx context.Context, id string) error {
 	case stateDone:
 		return nil
 	case "":
-		if err := t.store(&info); err != nil {
+		if err := t.store(ctx, &info); err != nil {
 			return err
 		}
 	}
@@ -438,8 +446,10 @@ func (t *tusServer) finish(ctx context.Context, id string) error {
 }
 
 // store moves a complete upload's bytes to the video's source path, durably, and records
-// the move and the file's sha256 in info.
-func (t *tusServer) store(info *handler.FileInfo) error {
+// the move and the file's sha256 in info. The sha256 comes from the state the PATCHes
+// carried forward; only without one (it was lost, or the upload predates it) is the file
+// read again.
+func (t *tusServer) store(ctx context.Context, info *handler.FileInfo) error {
 	id := info.ID
 	bin, src := filepath.Join(t.dir, id), t.sourcePath(id)
 	if _, err := os.Stat(bin); errors.Is(err, os.ErrNotExist) {
@@ -460,9 +470,15 @@ func (t *tusServer) store(info *handler.FileInfo) error {
 		syncDir(filepath.Dir(src))
 		syncDir(t.dir)
 	}
-	size, sum, err := hashFile(src)
-	if err != nil {
-		return fmt.Errorf("%w: %w", ErrStorage, err)
+	sum, ok := t.finishedHash(id, info.Size)
+	size := fileSize(src)
+	if !ok {
+		t.s.log.InfoContext(ctx, "upload.tus_rehash", "video_id", id, "size", info.Size)
+		var err error
+		size, sum, err = t.s.hashFile(src)
+		if err != nil {
+			return fmt.Errorf("%w: %w", ErrStorage, err)
+		}
 	}
 	if size != info.Size {
 		return fmt.Errorf("%w: stored %d bytes, the upload has %d", ErrStorage, size, info.Size)
@@ -479,6 +495,8 @@ func (t *tusServer) store(info *handler.FileInfo) error {
 	if err := t.writeInfo(*info); err != nil {
 		return fmt.Errorf("%w: %w", ErrStorage, err)
 	}
+	// The sha256 is in .info now.
+	t.removeHash(id)
 	return nil
 }
 
@@ -560,9 +578,11 @@ func (t *tusServer) writeInfo(info handler.FileInfo) error {
 	return nil
 }
 
-// remove deletes an upload's bytes (while still in the tus folder) and its .info file.
+// remove deletes an upload's bytes (while still in the tus folder), its sha256 state and
+// its .info file.
 func (t *tusServer) remove(id string) {
 	_ = os.Remove(filepath.Join(t.dir, id))
+	t.removeHash(id)
 	_ = os.Remove(t.infoPath(id))
 }
 
@@ -671,14 +691,16 @@ func validID(s string) bool {
 }
 
 // hashFile returns a file's size and sha256 in lower-case hex.
-func hashFile(path string) (int64, string, error) {
+func (s *Service) hashFile(path string) (int64, string, error) {
 	f, err := os.Open(path)
 	if err != nil {
 		return 0, "", err
 	}
 	defer f.Close()
 	h := sha256.New()
-	n, err := io.CopyBuffer(h, f, make([]byte, copyBufferSize))
+	buf := s.buffer()
+	defer s.release(buf)
+	n, err := io.CopyBuffer(h, f, *buf)
 	if err != nil {
 		return 0, "", err
 	}

@@ -164,7 +164,7 @@ func (e *env) tusBytes(t *testing.T, id string) []byte {
 func (e *env) tusFiles(t *testing.T, id string) []string {
 	t.Helper()
 	var found []string
-	for _, name := range []string{id, id + ".info", id + ".lock"} {
+	for _, name := range []string{id, id + ".info", id + ".lock", id + ".sha256"} {
 		if _, err := os.Stat(filepath.Join(e.dataDir, "tus", name)); err == nil {
 			found = append(found, name)
 		}

@@ -8,6 +8,7 @@ import (
 	"context"
 	"errors"
 	"log/slog"
+	"sync"
 	"time"
 
 	"connectrpc.com/connect"
@@ -84,6 +85,8 @@ type Service struct {
 	videos Videos
 	// tus is the resumable upload endpoint, set up by Mount.
 	tus *tusServer
+	// buffers holds copy buffers of copyBufferSize bytes (*[]byte), reused across uploads.
+	buffers sync.Pool
 }
 
 var _ uploadv1connect.UploadServiceHandler = (*Service)(nil)
@@ -98,6 +101,17 @@ func New(log *slog.Logger, cfg Config, pub Publisher, videos Videos) *Service {
 	}
 	return &Service{log: log, cfg: cfg, pub: pub, videos: videos}
 }
+
+// buffer takes a copy buffer from the pool; release gives it back.
+func (s *Service) buffer() *[]byte {
+	if b, ok := s.buffers.Get().(*[]byte); ok {
+		return b
+	}
+	b := make([]byte, copyBufferSize)
+	return &b
+}
+
+func (s *Service) release(b *[]byte) { s.buffers.Put(b) }
 
 // Mount registers the RPC service, the plain HTTP upload route and the tus endpoint.
 func (s *Service) Mount(srv *rpc.Server) error {

@@ -198,6 +198,27 @@ func TestHTTPUpload(t *testing.T) {
 			wantCode:   "invalid_argument",
 		},
 		{
+			name:       "newline in title",
+			query:      url.Values{"title": {"two\nlines"}},
+			body:       func(*testing.T) io.Reader { return bytes.NewReader(okBody) },
+			wantStatus: http.StatusBadRequest,
+			wantCode:   "invalid_argument",
+		},
+		{
+			name:       "tab in filename",
+			query:      url.Values{"title": {"Tab"}, "filename": {"a\tb.mp4"}},
+			body:       func(*testing.T) io.Reader { return bytes.NewReader(okBody) },
+			wantStatus: http.StatusBadRequest,
+			wantCode:   "invalid_argument",
+		},
+		{
+			name:       "lines in description",
+			query:      url.Values{"title": {"Described"}, "description": {"first line\n\tsecond"}},
+			body:       func(*testing.T) io.Reader { return bytes.NewReader(okBody) },
+			want:       okBody,
+			wantStatus: http.StatusCreated,
+		},
+		{
 			name:       "form instead of raw file",
 			query:      url.Values{"title": {"Form"}},
 			body:       func(*testing.T) io.Reader { return bytes.NewReader(okBody) },
