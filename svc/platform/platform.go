@@ -268,7 +268,8 @@ func build(ctx context.Context, rt *kernel.Runtime, service string) ([]kernel.Pl
 		if err != nil {
 			return nil, err
 		}
-		return []kernel.Plugin{ob, upload.New(log, upload.Config{DataDir: cfg.DataDir, MaxBytes: cfg.UploadMaxBytes, Expiry: cfg.UploadExpiry}, ob, metadataClient())}, nil
+		users := authv1connect.NewAuthServiceClient(pool.HTTPClient("auth"), rpc.BaseURL("auth"), pool.ClientOptions()...)
+		return []kernel.Plugin{ob, upload.New(log, upload.Config{DataDir: cfg.DataDir, MaxBytes: cfg.UploadMaxBytes, Expiry: cfg.UploadExpiry}, ob, metadataClient(), users)}, nil
 	case "worker":
 		ob, err := openOutbox(ctx, rt, service, log)
 		if err != nil {

@@ -14,22 +14,30 @@ import (
 	"time"
 
 	"connectrpc.com/connect"
+	"github.com/reelway/reelway/gen/reelway/auth/v1/authv1connect"
 	"github.com/reelway/reelway/gen/reelway/metadata/v1/metadatav1connect"
 	"github.com/reelway/reelway/gen/reelway/upload/v1/uploadv1connect"
+	"github.com/reelway/reelway/svc/auth"
 	"github.com/reelway/reelway/svc/events"
 	"github.com/reelway/reelway/svc/metadata"
 	"github.com/reelway/reelway/svc/rpc"
 	"github.com/reelway/reelway/svc/upload"
+	"golang.org/x/crypto/bcrypt"
 )
 
 // testMaxBytes keeps oversize cases small.
 const testMaxBytes = 64 << 10
 
-// env is a real upload service wired to a real metadata service and a real embedded NATS.
+// testAuthSecret signs the test auth service's tokens, so tests can make expired ones.
+var testAuthSecret = []byte("upload-test-auth-secret-32-bytes")
+
+// env is a real upload service wired to a real metadata service, a real auth service and a
+// real embedded NATS.
 type env struct {
 	dataDir string
 	bus     *events.Bus
 	meta    metadatav1connect.MetadataServiceClient
+	auth    authv1connect.AuthServiceClient
 	url     string
 	h1      *http.Client
 	h2c     *http.Client
@@ -68,11 +76,19 @@ func newEnv(t *testing.T) *env {
 	metaURL := serve(t, log, metaSvc)
 	meta := metadatav1connect.NewMetadataServiceClient(h2c, metaURL)
 
-	svc := upload.New(log, upload.Config{DataDir: dir, MaxBytes: testMaxBytes}, bus, meta)
+	authSvc, err := auth.Open(ctx, filepath.Join(dir, "auth"), testAuthSecret, log, nil, auth.WithBcryptCost(bcrypt.MinCost))
+	if err != nil {
+		t.Fatalf("open auth: %v", err)
+	}
+	t.Cleanup(func() { _ = authSvc.Close() })
+	users := authv1connect.NewAuthServiceClient(h2c, serve(t, log, authSvc))
+
+	svc := upload.New(log, upload.Config{DataDir: dir, MaxBytes: testMaxBytes}, bus, meta, users)
 	return &env{
 		dataDir: dir,
 		bus:     bus,
 		meta:    meta,
+		auth:    users,
 		url:     serve(t, log, svc),
 		h1:      &http.Client{Timeout: 30 * time.Second},
 		h2c:     h2c,

@@ -48,18 +48,20 @@ func FuzzUploadChecksum(f *testing.F) {
 }
 
 // FuzzUploadMetadata: any Upload-Metadata header, as tusd parses it, is either refused as
-// invalid or yields a title and only the known keys, all UTF-8 text within their limits,
+// invalid or yields a title and only the known keys (visibility in its lower-case spelling),
+// all UTF-8 text within their limits,
 // which survive a round trip through the header format (HEAD answers).
 func FuzzUploadMetadata(f *testing.F) {
 	for _, seed := range []string{
 		"title aGVsbG8=,filename Y2xpcC5tcDQ=",
 		"title 5pel5pys6Kqe,filename Li4vLi4vZXRjL3Bhc3N3ZA==",
 		"title", "title ,filename x", "filename Y2xpcC5tcDQ=", "title //79", "name YS5tcDQ=,title YQ==",
-		"title YQ==,title Yg==", "title YQ== junk", "", ",,,", "title YQ==,description " + base64.StdEncoding.EncodeToString(make([]byte, 6000)),
+		"title YQ==,title Yg==", "title YQ== junk", "", ",,,",
+		"title YQ==,visibility cHJpdmF0ZQ==", "title YQ==,visibility VW5MaXN0ZWQ=", "title YQ==,visibility c2VjcmV0", "title YQ==,visibility", "title YQ==,description " + base64.StdEncoding.EncodeToString(make([]byte, 6000)),
 	} {
 		f.Add(seed)
 	}
-	allowed := map[string]int{"title": 200, "filename": 255, "description": 5000, "filetype": 255}
+	allowed := map[string]int{"title": 200, "filename": 255, "description": 5000, "filetype": 255, "visibility": len("unlisted")}
 	f.Fuzz(func(t *testing.T, header string) {
 		title, kept, err := upload.TusMetadata(handler.ParseMetadataHeader(header))
 		if err != nil {
@@ -70,6 +72,9 @@ func FuzzUploadMetadata(f *testing.F) {
 		}
 		if title == "" || kept["title"] != title {
 			t.Fatalf("%q: accepted with title %q, kept %q", header, title, kept)
+		}
+		if v, ok := kept["visibility"]; ok && v != "public" && v != "unlisted" && v != "private" {
+			t.Fatalf("%q: kept visibility %q", header, v)
 		}
 		for k, v := range kept {
 			limit, ok := allowed[k]

@@ -26,15 +26,21 @@ type httpError struct {
 	Message string `json:"message"`
 }
 
-// httpHandler serves POST /v1/uploads?title=…[&filename=…][&description=…] with the raw
-// file as the body.
+// httpHandler serves POST /v1/uploads?title=…[&filename=…][&description=…][&visibility=…]
+// with the raw file as the body and, optionally, Authorization: Bearer <auth token>.
 func (s *Service) httpHandler() http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		q := r.URL.Query()
+		vis, err := parseVisibility(q.Get("visibility"))
+		if err != nil {
+			s.writeError(w, r, err)
+			return
+		}
 		meta := &uploadv1.UploadMetadata{
 			Title:       q.Get("title"),
 			Filename:    q.Get("filename"),
 			Description: q.Get("description"),
+			Visibility:  vis,
 		}
 		if err := validateMetadata(meta); err != nil {
 			s.writeError(w, r, err)
@@ -54,7 +60,7 @@ func (s *Service) httpHandler() http.Handler {
 			s.writeError(w, r, fmt.Errorf("%w: no bytes received", ErrEmpty))
 			return
 		}
-		res, err := s.store(r.Context(), meta, idleTimeoutBody(w, r, bodyIdleTimeout))
+		res, err := s.store(r.Context(), meta, r.Header, idleTimeoutBody(w, r, bodyIdleTimeout))
 		if err != nil {
 			s.writeError(w, r, err)
 			return
@@ -81,6 +87,9 @@ func (s *Service) writeError(w http.ResponseWriter, r *http.Request, err error) 
 	status := httpStatus(code)
 	if errors.Is(err, ErrUnsupportedMedia) {
 		status = http.StatusUnsupportedMediaType
+	}
+	if code == connect.CodeUnauthenticated {
+		w.Header().Set("WWW-Authenticate", wwwAuthenticate)
 	}
 	w.Header().Set("Content-Type", "application/json")
 	w.WriteHeader(status)
@@ -115,6 +124,9 @@ func httpStatus(code connect.Code) int {
 		return http.StatusInternalServerError
 	}
 }
+
+// wwwAuthenticate is the challenge of a 401 (RFC 6750): the bearer token did not verify.
+const wwwAuthenticate = `Bearer error="invalid_token"`
 
 // bodyIdleTimeout is how long an upload body may stall before the upload is abandoned. The
 // server has no whole-request timeout (large files take as long as they take), so a client

@@ -10,7 +10,8 @@ import (
 )
 
 // Upload implements UploadService.Upload: the first message is the metadata, the rest are
-// chunks, streamed to storage as they arrive.
+// chunks, streamed to storage as they arrive. The caller's bearer token, if any, is checked
+// before the first chunk is read.
 func (s *Service) Upload(ctx context.Context, stream *connect.ClientStream[uploadv1.UploadRequest]) (*uploadv1.UploadResponse, error) {
 	if !stream.Receive() {
 		if err := stream.Err(); err != nil {
@@ -22,7 +23,7 @@ func (s *Service) Upload(ctx context.Context, stream *connect.ClientStream[uploa
 	if meta == nil {
 		return nil, s.toConnect(ctx, fmt.Errorf("%w: the first message must be metadata", ErrInvalid))
 	}
-	res, err := s.store(ctx, meta, &chunkReader{stream: stream})
+	res, err := s.store(ctx, meta, stream.RequestHeader(), &chunkReader{stream: stream})
 	if err != nil {
 		return nil, s.toConnect(ctx, err)
 	}

@@ -9,6 +9,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"net/http"
 	"os"
 	"path/filepath"
 	"strings"
@@ -71,12 +72,17 @@ func validateMetadata(meta *uploadv1.UploadMetadata) error {
 	return nil
 }
 
-// store is the one upload path both entry points share: it streams r to
+// store is the one upload path both entry points share: it settles who owns the video
+// from the bearer token in h (before reading any of r), streams r to
 // <dataDir>/uploads/<id>/source through a sha256 hasher, creates the video record and
 // publishes upload.completed. On failure nothing is left on disk, and a record whose event
 // could not be published is marked failed.
-func (s *Service) store(ctx context.Context, meta *uploadv1.UploadMetadata, r io.Reader) (_ *uploadv1.UploadResponse, err error) {
+func (s *Service) store(ctx context.Context, meta *uploadv1.UploadMetadata, h http.Header, r io.Reader) (_ *uploadv1.UploadResponse, err error) {
 	if err := validateMetadata(meta); err != nil {
+		return nil, err
+	}
+	owner, err := s.owner(ctx, h, meta.GetVisibility())
+	if err != nil {
 		return nil, err
 	}
 	id := newVideoID()
@@ -87,7 +93,8 @@ func (s *Service) store(ctx context.Context, meta *uploadv1.UploadMetadata, r io
 		// refuse before the caller sends the whole file.
 		return nil, fmt.Errorf("%w: publish upload.started: %w", ErrUnavailable, err)
 	}
-	log.InfoContext(ctx, "upload.started", "filename", meta.GetFilename(), "title", meta.GetTitle())
+	log.InfoContext(ctx, "upload.started", "filename", meta.GetFilename(), "title", meta.GetTitle(),
+		"owner_id", owner, "visibility", visibilityName(recordedVisibility(meta.GetVisibility())))
 	defer func() {
 		if err == nil {
 			return
@@ -114,6 +121,8 @@ func (s *Service) store(ctx context.Context, meta *uploadv1.UploadMetadata, r io
 		Id:          id,
 		Title:       meta.GetTitle(),
 		Description: meta.GetDescription(),
+		OwnerId:     owner,
+		Visibility:  recordedVisibility(meta.GetVisibility()),
 		Status:      metadatav1.VideoStatus_VIDEO_STATUS_PROCESSING,
 		SizeBytes:   size,
 		Sha256:      sum,

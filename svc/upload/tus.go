@@ -54,6 +54,9 @@ const (
 	storageSHA256 = "ReelwaySHA256"
 	stateStored   = "stored"
 	stateDone     = "done"
+	// storageOwner carries the verified owner from the creation hook (or CreateUpload) to
+	// the store that creates the video; clients cannot set it, and it is not kept.
+	storageOwner = "ReelwayOwner"
 
 	// Failure reasons recorded on the video.
 	reasonCancelled = "upload cancelled"
@@ -202,17 +205,23 @@ func (t *tusServer) checkDeclaredSize(r *http.Request) error {
 	return nil
 }
 
-// preCreate validates a creation request's metadata, keeps only the fields the platform
-// uses, and names the upload with a fresh video id, so the upload URL and the video share it.
+// preCreate validates a creation request's metadata, verifies its bearer token (the owner),
+// keeps only the fields the platform uses, and names the upload with a fresh video id, so
+// the upload URL and the video share it. It runs before tusd stores anything, a
+// creation-with-upload body included.
 func (t *tusServer) preCreate(hook handler.HookEvent) (handler.HTTPResponse, handler.FileInfoChanges, error) {
 	if hook.Upload.Size <= 0 {
 		return handler.HTTPResponse{}, handler.FileInfoChanges{}, tusError(fmt.Errorf("%w: Upload-Length must be at least 1 byte", ErrEmpty))
 	}
-	_, kept, err := tusMetadata(hook.Upload.MetaData)
+	meta, kept, err := tusMetadata(hook.Upload.MetaData)
 	if err != nil {
 		return handler.HTTPResponse{}, handler.FileInfoChanges{}, tusError(err)
 	}
-	return handler.HTTPResponse{}, handler.FileInfoChanges{ID: newVideoID(), MetaData: kept}, nil
+	owner, err := t.s.owner(hook.Context, hook.HTTPRequest.Header, meta.GetVisibility())
+	if err != nil {
+		return handler.HTTPResponse{}, handler.FileInfoChanges{}, t.httpError(hook.Context, err)
+	}
+	return handler.HTTPResponse{}, handler.FileInfoChanges{ID: newVideoID(), MetaData: kept, Storage: map[string]string{storageOwner: owner}}, nil
 }
 
 // preFinish runs when the last byte is in, before the final request is answered: it
@@ -233,15 +242,21 @@ func (t *tusServer) preTerminate(hook handler.HookEvent) (handler.HTTPResponse, 
 }
 
 // tusMetadata reads Upload-Metadata (already base64-decoded by tusd): title is required;
-// filename (or "name", as some clients send it), description and filetype are optional.
-// It returns the video's metadata and the map kept with the upload; any other key is
-// dropped. Filenames are kept as metadata only and never become paths.
+// filename (or "name", as some clients send it), description, filetype and visibility
+// (public, unlisted or private) are optional. It returns the video's metadata and the map
+// kept with the upload; any other key is dropped. Filenames are kept as metadata only and
+// never become paths.
 func tusMetadata(m handler.MetaData) (*uploadv1.UploadMetadata, handler.MetaData, error) {
 	filename := m["filename"]
 	if filename == "" {
 		filename = m["name"]
 	}
-	kept := handler.MetaData{"title": m["title"], "filename": filename, "description": m["description"], "filetype": m["filetype"]}
+	vis, err := parseVisibility(m["visibility"])
+	if err != nil {
+		return nil, nil, fmt.Errorf("%w (Upload-Metadata)", err)
+	}
+	kept := handler.MetaData{"title": m["title"], "filename": filename, "description": m["description"], "filetype": m["filetype"],
+		"visibility": visibilityName(vis)}
 	for k, v := range kept {
 		if !utf8.ValidString(v) {
 			return nil, nil, fmt.Errorf("%w: Upload-Metadata %s is not UTF-8 text", ErrInvalid, k)
@@ -256,7 +271,7 @@ func tusMetadata(m handler.MetaData) (*uploadv1.UploadMetadata, handler.MetaData
 	if utf8.RuneCountInString(kept["filetype"]) > maxFiletypeLen {
 		return nil, nil, fmt.Errorf("%w: Upload-Metadata filetype is longer than %d characters", ErrInvalid, maxFiletypeLen)
 	}
-	meta := &uploadv1.UploadMetadata{Title: kept["title"], Filename: kept["filename"], Description: kept["description"]}
+	meta := &uploadv1.UploadMetadata{Title: kept["title"], Filename: kept["filename"], Description: kept["description"], Visibility: vis}
 	if err := validateMetadata(meta); err != nil {
 		return nil, nil, err
 	}
@@ -324,7 +339,7 @@ func (c cancellation) Terminate(ctx context.Context) error {
 }
 
 // create makes an empty tus upload and its video. info carries the id, size and kept
-// metadata. On failure nothing is left behind.
+// metadata, and in Storage the verified owner. On failure nothing is left behind.
 func (t *tusServer) create(ctx context.Context, info handler.FileInfo) (handler.Upload, error) {
 	meta, kept, err := tusMetadata(info.MetaData)
 	if err != nil {
@@ -333,7 +348,12 @@ func (t *tusServer) create(ctx context.Context, info handler.FileInfo) (handler.
 	if !validID(info.ID) {
 		return nil, fmt.Errorf("%w: upload id %q", ErrInvalid, info.ID)
 	}
+	owner := info.Storage[storageOwner]
+	if err := needsOwner(meta.GetVisibility(), owner); err != nil {
+		return nil, err
+	}
 	info.MetaData = kept
+	info.Storage = nil
 	fctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), tusStepTimeout)
 	defer cancel()
 	if err := t.s.pub.Publish(fctx, events.UploadStarted(Source, info.ID, meta.GetFilename())); err != nil {
@@ -347,6 +367,8 @@ func (t *tusServer) create(ctx context.Context, info handler.FileInfo) (handler.
 		Id:          info.ID,
 		Title:       meta.GetTitle(),
 		Description: meta.GetDescription(),
+		OwnerId:     owner,
+		Visibility:  recordedVisibility(meta.GetVisibility()),
 		Status:      metadatav1.VideoStatus_VIDEO_STATUS_UPLOADING,
 	}
 	if _, err := t.s.videos.CreateVideo(fctx, &metadatav1.CreateVideoRequest{Video: video}); err != nil {
@@ -361,12 +383,13 @@ func (t *tusServer) create(ctx context.Context, info handler.FileInfo) (handler.
 		return nil, fmt.Errorf("%w: create video: %w", ErrUnavailable, err)
 	}
 	t.s.log.InfoContext(ctx, "upload.tus_created", "video_id", info.ID, "size", info.Size,
-		"filename", meta.GetFilename(), "title", meta.GetTitle())
+		"filename", meta.GetFilename(), "title", meta.GetTitle(), "owner_id", owner, "visibility", visibilityName(recordedVisibility(meta.GetVisibility())))
 	return up, nil
 }
 
-// CreateUpload implements UploadService.CreateUpload: the video and an empty tus upload
-// for its bytes, which the client then sends with PATCH requests.
+// CreateUpload implements UploadService.CreateUpload: the video, owned by the caller whose
+// bearer token the request carries, and an empty tus upload for its bytes, which the client
+// then sends with PATCH requests.
 func (s *Service) CreateUpload(ctx context.Context, req *uploadv1.CreateUploadRequest) (*uploadv1.CreateUploadResponse, error) {
 	if s.tus == nil {
 		return nil, s.toConnect(ctx, errors.New("upload: tus endpoint not mounted"))
@@ -375,6 +398,14 @@ func (s *Service) CreateUpload(ctx context.Context, req *uploadv1.CreateUploadRe
 		return nil, s.toConnect(ctx, fmt.Errorf("%w: %d bytes announced, at most %d allowed", ErrTooLarge, req.GetSizeBytes(), s.cfg.MaxBytes))
 	}
 	meta := req.GetMetadata()
+	var h http.Header
+	if ci, ok := connect.CallInfoForHandlerContext(ctx); ok {
+		h = ci.RequestHeader()
+	}
+	owner, err := s.owner(ctx, h, meta.GetVisibility())
+	if err != nil {
+		return nil, s.toConnect(ctx, err)
+	}
 	id := newVideoID()
 	info := handler.FileInfo{
 		ID:   id,
@@ -383,7 +414,9 @@ func (s *Service) CreateUpload(ctx context.Context, req *uploadv1.CreateUploadRe
 			"title":       meta.GetTitle(),
 			"filename":    meta.GetFilename(),
 			"description": meta.GetDescription(),
+			"visibility":  visibilityName(meta.GetVisibility()),
 		},
+		Storage: map[string]string{storageOwner: owner},
 	}
 	if _, err := s.tus.create(ctx, info); err != nil {
 		return nil, s.toConnect(ctx, err)
@@ -611,7 +644,11 @@ func tusError(err error) handler.Error {
 	if code == connect.CodeInternal {
 		msg = "upload: internal error"
 	}
-	return handler.NewError("ERR_"+strings.ToUpper(code.String()), msg, httpStatus(code))
+	out := handler.NewError("ERR_"+strings.ToUpper(code.String()), msg, httpStatus(code))
+	if code == connect.CodeUnauthenticated {
+		out.HTTPResponse.Header["WWW-Authenticate"] = wwwAuthenticate
+	}
+	return out
 }
 
 // httpError is tusError that logs internal faults, whose details callers do not get.

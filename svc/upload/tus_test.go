@@ -206,7 +206,7 @@ func (e *env) startUpload(t *testing.T, cfg upload.Config, pub upload.Publisher,
 		cfg.MaxBytes = testMaxBytes
 	}
 	log := testLogger(t)
-	svc := upload.New(log, cfg, pub, videos)
+	svc := upload.New(log, cfg, pub, videos, e.auth)
 	base := serve(t, log, svc)
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)

@@ -43,7 +43,7 @@ func (e *env) startLoggedUpload(t *testing.T, logs *logBuffer) *tusClient {
 	w := &quietWriter{w: t.Output()}
 	t.Cleanup(w.stop)
 	log := slog.New(rpc.LogHandler{Handler: slog.NewTextHandler(io.MultiWriter(w, logs), &slog.HandlerOptions{Level: slog.LevelDebug})})
-	svc := upload.New(log, upload.Config{DataDir: e.dataDir, MaxBytes: testMaxBytes}, e.bus, e.meta)
+	svc := upload.New(log, upload.Config{DataDir: e.dataDir, MaxBytes: testMaxBytes}, e.bus, e.meta, e.auth)
 	return &tusClient{base: serve(t, log, svc), c: e.h2c}
 }
 

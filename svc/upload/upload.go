@@ -43,6 +43,10 @@ var (
 	ErrUnsupportedMedia = errors.New("upload: unsupported content type")
 	// ErrStorage means the file could not be written to local storage.
 	ErrStorage = errors.New("upload: storage")
+	// ErrUnauthenticated means the caller sent an Authorization header whose bearer token
+	// does not verify (malformed, forged, expired). Such an upload is refused rather than
+	// taken as anonymous, which would lose the owner the caller meant to set.
+	ErrUnauthenticated = errors.New("upload: invalid auth token")
 )
 
 // Publisher stores domain events. The platform gives the service an events.Outbox: nil
@@ -83,6 +87,7 @@ type Service struct {
 	cfg    Config
 	pub    Publisher
 	videos Videos
+	users  Users
 	// tus is the resumable upload endpoint, set up by Mount.
 	tus *tusServer
 	// buffers holds copy buffers of copyBufferSize bytes (*[]byte), reused across uploads.
@@ -91,15 +96,16 @@ type Service struct {
 
 var _ uploadv1connect.UploadServiceHandler = (*Service)(nil)
 
-// New returns the upload service.
-func New(log *slog.Logger, cfg Config, pub Publisher, videos Videos) *Service {
+// New returns the upload service. users verifies the bearer tokens that make the caller a
+// video's owner; nil refuses every upload that carries one (unavailable).
+func New(log *slog.Logger, cfg Config, pub Publisher, videos Videos, users Users) *Service {
 	if cfg.MaxBytes <= 0 {
 		cfg.MaxBytes = DefaultMaxBytes
 	}
 	if cfg.Expiry <= 0 {
 		cfg.Expiry = DefaultExpiry
 	}
-	return &Service{log: log, cfg: cfg, pub: pub, videos: videos}
+	return &Service{log: log, cfg: cfg, pub: pub, videos: videos, users: users}
 }
 
 // buffer takes a copy buffer from the pool; release gives it back.
@@ -136,6 +142,8 @@ func connectCode(err error) connect.Code {
 		return connect.CodeInvalidArgument
 	case errors.Is(err, ErrTooLarge):
 		return connect.CodeResourceExhausted
+	case errors.Is(err, ErrUnauthenticated):
+		return connect.CodeUnauthenticated
 	case errors.Is(err, ErrUnavailable):
 		return connect.CodeUnavailable
 	case errors.Is(err, context.Canceled):

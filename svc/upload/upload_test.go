@@ -434,7 +434,7 @@ func TestUploadDependencyFailures(t *testing.T) {
 		dead := "http://" + ln.Addr().String()
 		_ = ln.Close()
 		meta := metadatav1connect.NewMetadataServiceClient(e.h2c, dead)
-		svc := upload.New(testLogger(t), upload.Config{DataDir: e.dataDir, MaxBytes: testMaxBytes}, e.bus, meta)
+		svc := upload.New(testLogger(t), upload.Config{DataDir: e.dataDir, MaxBytes: testMaxBytes}, e.bus, meta, e.auth)
 		status, code := post(t, serve(t, testLogger(t), svc))
 		if status != http.StatusServiceUnavailable || code != "unavailable" {
 			t.Errorf("answer = %d %q, want 503 unavailable", status, code)
@@ -447,7 +447,7 @@ func TestUploadDependencyFailures(t *testing.T) {
 	t.Run("completed event lost", func(t *testing.T) {
 		e := newEnv(t)
 		pub := failingPublisher{Publisher: e.bus, fail: eventsv1.EventType_EVENT_TYPE_UPLOAD_COMPLETED}
-		svc := upload.New(testLogger(t), upload.Config{DataDir: e.dataDir, MaxBytes: testMaxBytes}, pub, e.meta)
+		svc := upload.New(testLogger(t), upload.Config{DataDir: e.dataDir, MaxBytes: testMaxBytes}, pub, e.meta, e.auth)
 		status, code := post(t, serve(t, testLogger(t), svc))
 		if status != http.StatusServiceUnavailable || code != "unavailable" {
 			t.Errorf("answer = %d %q, want 503 unavailable", status, code)

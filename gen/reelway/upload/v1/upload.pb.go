@@ -8,6 +8,7 @@ package uploadv1
 
 import (
 	_ "buf.build/gen/go/bufbuild/protovalidate/protocolbuffers/go/buf/validate"
+	v1 "github.com/reelway/reelway/gen/reelway/metadata/v1"
 	protoreflect "google.golang.org/protobuf/reflect/protoreflect"
 	protoimpl "google.golang.org/protobuf/runtime/protoimpl"
 	timestamppb "google.golang.org/protobuf/types/known/timestamppb"
@@ -28,8 +29,12 @@ type UploadMetadata struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	Title string                 `protobuf:"bytes,1,opt,name=title,proto3" json:"title,omitempty"`
 	// filename is kept as metadata only; it never becomes a path.
-	Filename      string `protobuf:"bytes,2,opt,name=filename,proto3" json:"filename,omitempty"`
-	Description   string `protobuf:"bytes,3,opt,name=description,proto3" json:"description,omitempty"`
+	Filename    string `protobuf:"bytes,2,opt,name=filename,proto3" json:"filename,omitempty"`
+	Description string `protobuf:"bytes,3,opt,name=description,proto3" json:"description,omitempty"`
+	// visibility says who may watch the video; unspecified means public. A private video
+	// needs an owner, the user whose auth token the call carries (Authorization: Bearer
+	// <token>), or nobody could ever play it.
+	Visibility    v1.Visibility `protobuf:"varint,4,opt,name=visibility,proto3,enum=reelway.metadata.v1.Visibility" json:"visibility,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -83,6 +88,13 @@ func (x *UploadMetadata) GetDescription() string {
 		return x.Description
 	}
 	return ""
+}
+
+func (x *UploadMetadata) GetVisibility() v1.Visibility {
+	if x != nil {
+		return x.Visibility
+	}
+	return v1.Visibility(0)
 }
 
 type UploadRequest struct {
@@ -351,12 +363,15 @@ var File_reelway_upload_v1_upload_proto protoreflect.FileDescriptor
 
 const file_reelway_upload_v1_upload_proto_rawDesc = "" +
 	"\n" +
-	"\x1ereelway/upload/v1/upload.proto\x12\x11reelway.upload.v1\x1a\x1bbuf/validate/validate.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\x84\x01\n" +
+	"\x1ereelway/upload/v1/upload.proto\x12\x11reelway.upload.v1\x1a\x1bbuf/validate/validate.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\"reelway/metadata/v1/metadata.proto\"\xcf\x01\n" +
 	"\x0eUploadMetadata\x12 \n" +
 	"\x05title\x18\x01 \x01(\tB\n" +
 	"\xbaH\ar\x05\x10\x01\x18\xc8\x01R\x05title\x12$\n" +
 	"\bfilename\x18\x02 \x01(\tB\b\xbaH\x05r\x03\x18\xff\x01R\bfilename\x12*\n" +
-	"\vdescription\x18\x03 \x01(\tB\b\xbaH\x05r\x03\x18\x88'R\vdescription\"\x86\x01\n" +
+	"\vdescription\x18\x03 \x01(\tB\b\xbaH\x05r\x03\x18\x88'R\vdescription\x12I\n" +
+	"\n" +
+	"visibility\x18\x04 \x01(\x0e2\x1f.reelway.metadata.v1.VisibilityB\b\xbaH\x05\x82\x01\x02\x10\x01R\n" +
+	"visibility\"\x86\x01\n" +
 	"\rUploadRequest\x12?\n" +
 	"\bmetadata\x18\x01 \x01(\v2!.reelway.upload.v1.UploadMetadataH\x00R\bmetadata\x12\"\n" +
 	"\x05chunk\x18\x02 \x01(\fB\n" +
@@ -400,21 +415,23 @@ var file_reelway_upload_v1_upload_proto_goTypes = []any{
 	(*UploadResponse)(nil),        // 2: reelway.upload.v1.UploadResponse
 	(*CreateUploadRequest)(nil),   // 3: reelway.upload.v1.CreateUploadRequest
 	(*CreateUploadResponse)(nil),  // 4: reelway.upload.v1.CreateUploadResponse
-	(*timestamppb.Timestamp)(nil), // 5: google.protobuf.Timestamp
+	(v1.Visibility)(0),            // 5: reelway.metadata.v1.Visibility
+	(*timestamppb.Timestamp)(nil), // 6: google.protobuf.Timestamp
 }
 var file_reelway_upload_v1_upload_proto_depIdxs = []int32{
-	0, // 0: reelway.upload.v1.UploadRequest.metadata:type_name -> reelway.upload.v1.UploadMetadata
-	0, // 1: reelway.upload.v1.CreateUploadRequest.metadata:type_name -> reelway.upload.v1.UploadMetadata
-	5, // 2: reelway.upload.v1.CreateUploadResponse.expire_time:type_name -> google.protobuf.Timestamp
-	1, // 3: reelway.upload.v1.UploadService.Upload:input_type -> reelway.upload.v1.UploadRequest
-	3, // 4: reelway.upload.v1.UploadService.CreateUpload:input_type -> reelway.upload.v1.CreateUploadRequest
-	2, // 5: reelway.upload.v1.UploadService.Upload:output_type -> reelway.upload.v1.UploadResponse
-	4, // 6: reelway.upload.v1.UploadService.CreateUpload:output_type -> reelway.upload.v1.CreateUploadResponse
-	5, // [5:7] is the sub-list for method output_type
-	3, // [3:5] is the sub-list for method input_type
-	3, // [3:3] is the sub-list for extension type_name
-	3, // [3:3] is the sub-list for extension extendee
-	0, // [0:3] is the sub-list for field type_name
+	5, // 0: reelway.upload.v1.UploadMetadata.visibility:type_name -> reelway.metadata.v1.Visibility
+	0, // 1: reelway.upload.v1.UploadRequest.metadata:type_name -> reelway.upload.v1.UploadMetadata
+	0, // 2: reelway.upload.v1.CreateUploadRequest.metadata:type_name -> reelway.upload.v1.UploadMetadata
+	6, // 3: reelway.upload.v1.CreateUploadResponse.expire_time:type_name -> google.protobuf.Timestamp
+	1, // 4: reelway.upload.v1.UploadService.Upload:input_type -> reelway.upload.v1.UploadRequest
+	3, // 5: reelway.upload.v1.UploadService.CreateUpload:input_type -> reelway.upload.v1.CreateUploadRequest
+	2, // 6: reelway.upload.v1.UploadService.Upload:output_type -> reelway.upload.v1.UploadResponse
+	4, // 7: reelway.upload.v1.UploadService.CreateUpload:output_type -> reelway.upload.v1.CreateUploadResponse
+	6, // [6:8] is the sub-list for method output_type
+	4, // [4:6] is the sub-list for method input_type
+	4, // [4:4] is the sub-list for extension type_name
+	4, // [4:4] is the sub-list for extension extendee
+	0, // [0:4] is the sub-list for field type_name
 }
 
 func init() { file_reelway_upload_v1_upload_proto_init() }
