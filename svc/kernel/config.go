@@ -45,7 +45,9 @@ type Config struct {
 	ConsulAddr string
 	// NATSURL is the NATS server; empty starts an embedded one (dev only).
 	NATSURL string
-	// NATSPort is the embedded NATS server's port in dev (-1 none, 0 any free port).
+	// NATSPort is the embedded NATS server's port in dev (-1 none, 0 any free port). Unless
+	// set explicitly it is DefaultNATSPort plus PortOffset, so a second platform's NATS
+	// does not collide with the first's.
 	NATSPort int
 	// DataDir holds uploads, HLS output, SQLite databases and JetStream storage. Services
 	// that are separate processes share it (one host or a shared volume).
@@ -101,6 +103,9 @@ type Config struct {
 	// Ports overrides listen ports by service; 0 picks a free port. Set by tests only.
 	Ports map[string]int
 }
+
+// DefaultNATSPort is the embedded NATS server's port before PortOffset.
+const DefaultNATSPort = 4222
 
 // DefaultPort returns a service's listen port, or 0 for an unknown service.
 func DefaultPort(service string) int {
@@ -169,7 +174,7 @@ func LoadConfig(service string, args []string, getenv func(string) string) (Conf
 		GatewayTimeout:  30 * time.Second,
 		EventsMaxAge:    7 * 24 * time.Hour,
 		EventsMaxBytes:  1 << 30,
-		NATSPort:        4222,
+		NATSPort:        DefaultNATSPort,
 	}
 	var errs []error
 	intEnv := func(name string, dst *int) {
@@ -240,7 +245,7 @@ func LoadConfig(service string, args []string, getenv func(string) string) (Conf
 	fs.IntVar(&c.PortOffset, "port-offset", c.PortOffset, "added to every default port (REELWAY_PORT_OFFSET)")
 	fs.StringVar(&c.ConsulAddr, "consul", c.ConsulAddr, "Consul agent host:port; empty = embedded catalog (REELWAY_CONSUL_ADDR)")
 	fs.StringVar(&c.NATSURL, "nats", c.NATSURL, "NATS URL; empty = embedded server in dev (REELWAY_NATS_URL)")
-	fs.IntVar(&c.NATSPort, "nats-port", c.NATSPort, "embedded NATS port in dev (REELWAY_NATS_PORT)")
+	fs.IntVar(&c.NATSPort, "nats-port", c.NATSPort, "embedded NATS port in dev; default 4222 + port offset (REELWAY_NATS_PORT)")
 	fs.StringVar(&c.DataDir, "data", c.DataDir, "data directory (REELWAY_DATA_DIR)")
 	fs.IntVar(&c.WorkerConcurrency, "worker-concurrency", c.WorkerConcurrency, "jobs one worker process runs at once; 0 = 1 (REELWAY_WORKER_CONCURRENCY)")
 	fs.Int64Var(&c.UploadMaxBytes, "upload-max-bytes", c.UploadMaxBytes, "largest accepted upload (REELWAY_UPLOAD_MAX_BYTES)")
@@ -252,6 +257,11 @@ func LoadConfig(service string, args []string, getenv func(string) string) (Conf
 			return c, err // the flag package printed the usage; not a mistake
 		}
 		return c, fmt.Errorf("%w: %w", ErrConfig, err)
+	}
+	natsPortSet := getenv("REELWAY_NATS_PORT") != ""
+	fs.Visit(func(f *flag.Flag) { natsPortSet = natsPortSet || f.Name == "nats-port" })
+	if !natsPortSet {
+		c.NATSPort = DefaultNATSPort + c.PortOffset
 	}
 	var level slog.Level
 	if err := level.UnmarshalText([]byte(c.LogLevel)); err != nil {
@@ -334,6 +344,7 @@ func (c Config) LogValue() slog.Value {
 		slog.Int("port_offset", c.PortOffset),
 		slog.String("consul", orDefault(c.ConsulAddr, "embedded")),
 		slog.String("nats", orDefault(c.NATSURL, "embedded")),
+		slog.Int("nats_port", c.NATSPort),
 		slog.String("data_dir", c.DataDir),
 		slog.String("log_level", c.LogLevel),
 		slog.Int64("upload_max_bytes", c.UploadMaxBytes),

@@ -65,6 +65,14 @@ func TestLoadConfig(t *testing.T) {
 				}
 			},
 		},
+		{name: "nats port default", service: "dev", check: natsPort(4222)},
+		{name: "nats port follows env offset", service: "dev", env: map[string]string{"REELWAY_PORT_OFFSET": "600"}, check: natsPort(4822)},
+		{name: "nats port follows flag offset", service: "nats", args: []string{"-port-offset", "100"}, check: natsPort(4322)},
+		{name: "nats port env wins over offset", service: "dev", env: map[string]string{"REELWAY_PORT_OFFSET": "600", "REELWAY_NATS_PORT": "5000"}, check: natsPort(5000)},
+		{name: "nats port env 0 is any free port", service: "dev", env: map[string]string{"REELWAY_PORT_OFFSET": "600", "REELWAY_NATS_PORT": "0"}, check: natsPort(0)},
+		{name: "nats port flag wins over offset", service: "dev", env: map[string]string{"REELWAY_PORT_OFFSET": "600"}, args: []string{"-nats-port", "4222"}, check: natsPort(4222)},
+		{name: "nats port flag wins over env", service: "dev", env: map[string]string{"REELWAY_NATS_PORT": "5000"}, args: []string{"-port-offset", "7", "-nats-port", "5001"}, check: natsPort(5001)},
+		{name: "bad nats port", service: "dev", env: map[string]string{"REELWAY_NATS_PORT": "x"}, wantErr: true},
 		{name: "bad gateway timeout", service: "gateway", env: map[string]string{"REELWAY_GATEWAY_TIMEOUT": "soon"}, wantErr: true},
 		{name: "bad int env", service: "cache", env: map[string]string{"REELWAY_PORT": "abc"}, wantErr: true},
 		{name: "bad duration", service: "cache", env: map[string]string{"REELWAY_SHUTDOWN_TIMEOUT": "soon"}, wantErr: true},
@@ -86,6 +94,16 @@ func TestLoadConfig(t *testing.T) {
 			}
 			tt.check(t, c)
 		})
+	}
+}
+
+// natsPort checks the embedded NATS server's port.
+func natsPort(want int) func(t *testing.T, c kernel.Config) {
+	return func(t *testing.T, c kernel.Config) {
+		t.Helper()
+		if c.NATSPort != want {
+			t.Errorf("nats port %d, want %d", c.NATSPort, want)
+		}
 	}
 }
 

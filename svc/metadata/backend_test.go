@@ -75,6 +75,7 @@ func suite() []suiteCase {
 		{"Pagination", testListPagination},
 		{"BadInput", testBadInput},
 		{"Titles", testTitles},
+		{"TextFields", testTextFields},
 		{"PublishFailure", testPublishFailureDoesNotFailWrites},
 		{"Reopen", testReopenKeepsVideos},
 		{"Filters", testFilters},

@@ -15,6 +15,8 @@ import (
 	"connectrpc.com/grpchealth"
 	"connectrpc.com/grpcreflect"
 	"connectrpc.com/validate"
+	"google.golang.org/protobuf/reflect/protoreflect"
+	"google.golang.org/protobuf/reflect/protoregistry"
 )
 
 // Server collects one service's handlers and turns them into an http.Handler that serves
@@ -29,6 +31,7 @@ type Server struct {
 	catchAll bool
 	patterns map[string]bool
 	front    func(http.Handler) http.Handler
+	unknown  http.Handler
 }
 
 // HasRoute reports whether a plain route was added with exactly this pattern.
@@ -37,6 +40,7 @@ func (s *Server) HasRoute(pattern string) bool { return s.patterns[pattern] }
 // NewServer returns an empty server. status, if not nil, is rendered into /healthz.
 func NewServer(log *slog.Logger, status func() any) *Server {
 	s := &Server{log: log, mux: http.NewServeMux(), status: status}
+	s.unknown = WithHTTPLogging(log, http.HandlerFunc(s.notFound))
 	s.opts = []connect.HandlerOption{
 		connect.WithInterceptors(newLogInterceptor(log), validate.NewInterceptor()),
 		connect.WithRecover(s.recovered),
@@ -62,12 +66,88 @@ func (s *Server) recovered(ctx context.Context, spec connect.Spec, _ http.Header
 // HandlerOptions are the options every Connect handler of this server must be built with.
 func (s *Server) HandlerOptions() []connect.HandlerOption { return s.opts }
 
-// Mount adds a generated Connect handler for a proto service (full name).
+// Mount adds a generated Connect handler for a proto service (full name). A method the
+// service's schema does not declare gets unimplemented in the caller's protocol, as an
+// unknown service does, instead of the generated handler's plain-text 404 page.
 func (s *Server) Mount(protoService, path string, h http.Handler) {
 	s.names = append(s.names, protoService)
 	s.reflectN = append(s.reflectN, protoService)
-	s.mux.Handle(path, h)
+	s.mux.Handle(path, s.refuseUnknownMethods(protoService, h))
 }
+
+// refuseUnknownMethods sends the requests for methods protoService does not declare through
+// h with a writer that turns h's http.NotFound into notFound's answer. They still go through
+// h, rather than straight to notFound, so that whatever h wraps around the generated handler
+// (CORS headers, preflights) and any extra procedure it serves under the same prefix keep
+// working. Declared methods cost one map lookup.
+func (s *Server) refuseUnknownMethods(protoService string, h http.Handler) http.Handler {
+	d, err := protoregistry.GlobalFiles.FindDescriptorByName(protoreflect.FullName(protoService))
+	sd, ok := d.(protoreflect.ServiceDescriptor)
+	if err != nil || !ok {
+		return h
+	}
+	methods := sd.Methods()
+	known := make(map[string]struct{}, methods.Len())
+	for i := range methods.Len() {
+		known["/"+protoService+"/"+string(methods.Get(i).Name())] = struct{}{}
+	}
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if _, ok := known[r.URL.Path]; ok {
+			h.ServeHTTP(w, r)
+			return
+		}
+		h.ServeHTTP(&notFoundCatcher{ResponseWriter: w, r: r, notFound: s.unknown}, r)
+	})
+}
+
+// notFoundCatcher passes a response through unless it starts as http.NotFound's page (404,
+// text/plain), which it replaces with notFound's answer and whose body it drops.
+type notFoundCatcher struct {
+	http.ResponseWriter
+	r        *http.Request
+	notFound http.Handler
+	started  bool
+	caught   bool
+}
+
+func (c *notFoundCatcher) WriteHeader(code int) {
+	if c.started {
+		c.ResponseWriter.WriteHeader(code)
+		return
+	}
+	c.started = true
+	h := c.Header()
+	if code == http.StatusNotFound && h.Get("Content-Type") == "text/plain; charset=utf-8" {
+		c.caught = true
+		h.Del("Content-Type")
+		h.Del("X-Content-Type-Options")
+		c.notFound.ServeHTTP(c.ResponseWriter, c.r)
+		return
+	}
+	c.ResponseWriter.WriteHeader(code)
+}
+
+func (c *notFoundCatcher) Write(b []byte) (int, error) {
+	if !c.started {
+		c.WriteHeader(http.StatusOK)
+	}
+	if c.caught {
+		return len(b), nil
+	}
+	return c.ResponseWriter.Write(b)
+}
+
+// Flush passes flushes through, for handlers that assert http.Flusher directly (streams).
+func (c *notFoundCatcher) Flush() {
+	if c.caught {
+		return
+	}
+	c.started = true
+	_ = http.NewResponseController(c.ResponseWriter).Flush()
+}
+
+// Unwrap lets http.ResponseController reach the underlying writer (deadlines, full duplex).
+func (c *notFoundCatcher) Unwrap() http.ResponseWriter { return c.ResponseWriter }
 
 // AddReflection lists extra proto services in reflection without mounting them (the
 // gateway describes the services it proxies).
@@ -104,7 +184,7 @@ func (s *Server) Handler() http.Handler {
 	s.mux.Handle(grpchealth.NewHandler(grpchealth.NewStaticChecker(s.names...)))
 	s.mux.HandleFunc("GET /healthz", s.healthz)
 	if !s.catchAll {
-		s.mux.Handle("/", WithHTTPLogging(s.log, http.HandlerFunc(s.notFound)))
+		s.mux.Handle("/", s.unknown)
 	}
 	if s.front != nil {
 		return s.front(s.mux)

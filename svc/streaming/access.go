@@ -3,6 +3,7 @@ package streaming
 import (
 	"context"
 	"fmt"
+	"strings"
 	"sync"
 	"time"
 
@@ -27,6 +28,24 @@ type video struct {
 	ownerID    string
 	title      string
 	duration   float64
+	status     metadatav1.VideoStatus
+	failure    string
+}
+
+// playable says why a video cannot be played yet, or ever, going by its status; nil for a
+// ready one. A status older records lack (unspecified) is left to the files to settle.
+func (v video) playable(id string) error {
+	switch v.status {
+	case metadatav1.VideoStatus_VIDEO_STATUS_UPLOADING, metadatav1.VideoStatus_VIDEO_STATUS_PROCESSING:
+		return fmt.Errorf("%w: video %s is not ready (status %s)", ErrNotReady, id,
+			strings.TrimPrefix(v.status.String(), "VIDEO_STATUS_"))
+	case metadatav1.VideoStatus_VIDEO_STATUS_FAILED:
+		if v.failure == "" {
+			return fmt.Errorf("%w: video %s failed", ErrNotReady, id)
+		}
+		return fmt.Errorf("%w: video %s failed: %s", ErrNotReady, id, v.failure)
+	}
+	return nil
 }
 
 func (v video) private() bool {
@@ -93,7 +112,8 @@ func (l *lookups) fetch(ctx context.Context, id string) (cached, error) {
 		return cached{}, fmt.Errorf("%w: metadata: %w", ErrUnavailable, err)
 	default:
 		v := res.GetVideo()
-		e = cached{v: video{visibility: v.GetVisibility(), ownerID: v.GetOwnerId(), title: v.GetTitle(), duration: v.GetDurationSeconds()}}
+		e = cached{v: video{visibility: v.GetVisibility(), ownerID: v.GetOwnerId(), title: v.GetTitle(), duration: v.GetDurationSeconds(),
+			status: v.GetStatus(), failure: v.GetFailureReason()}}
 	}
 	e.stamp = l.now()
 	l.mu.Lock()

@@ -343,7 +343,8 @@ func preflight() http.Handler {
 		h := w.Header()
 		setCORS(h)
 		h.Set("Access-Control-Allow-Methods", "GET, HEAD, OPTIONS")
-		h.Set("Access-Control-Allow-Headers", "Range, If-None-Match, If-Modified-Since")
+		// Every request header the file routes act on: ranges and all four conditionals.
+		h.Set("Access-Control-Allow-Headers", "Range, If-Range, If-Match, If-None-Match, If-Modified-Since, If-Unmodified-Since")
 		h.Set("Access-Control-Max-Age", "86400")
 		w.WriteHeader(http.StatusNoContent)
 	})

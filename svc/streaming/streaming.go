@@ -34,6 +34,9 @@ import (
 var (
 	// ErrNotFound reports a video without HLS output, or a file a URL cannot name.
 	ErrNotFound = errors.New("streaming: not found")
+	// ErrNotReady reports a video that has no playback yet (still uploading or processing)
+	// or never will (failed).
+	ErrNotReady = errors.New("streaming: not playable")
 	// ErrUnavailable reports that metadata could not say whether a video may be served.
 	ErrUnavailable = errors.New("streaming: video metadata unavailable")
 	// ErrUnauthenticated reports a private video's playback asked for without a valid
@@ -147,6 +150,15 @@ func (s *Service) GetPlayback(ctx context.Context, req *streamingv1.GetPlaybackR
 	if err != nil {
 		return nil, s.toConnect(ctx, err)
 	}
+	// Only the owner of a private video learns its state (and failure reason).
+	if v.private() {
+		if err := s.authorize(ctx, v); err != nil {
+			return nil, s.toConnect(ctx, err)
+		}
+	}
+	if err := v.playable(id); err != nil {
+		return nil, s.toConnect(ctx, err)
+	}
 	f, err := s.open(id, media.MasterPlaylist)
 	if err != nil {
 		return nil, s.toConnect(ctx, err)
@@ -159,9 +171,6 @@ func (s *Service) GetPlayback(ctx context.Context, req *streamingv1.GetPlaybackR
 	query := ""
 	res := &streamingv1.GetPlaybackResponse{}
 	if v.private() {
-		if err := s.authorize(ctx, v); err != nil {
-			return nil, s.toConnect(ctx, err)
-		}
 		exp := s.cfg.Now().Add(max(s.cfg.TokenTTL, time.Duration(2*v.duration*float64(time.Second)))).Truncate(time.Second)
 		query = "?" + tokenParam + "=" + s.tokens.Sign(id, exp)
 		res.ExpireTime = timestamppb.New(exp)
@@ -214,7 +223,8 @@ func (s *Service) authorize(ctx context.Context, v video) error {
 }
 
 // toConnect is the one place streaming errors become Connect codes: invalid ids are
-// invalid_argument, missing videos and output not_found, a private video's playback asked
+// invalid_argument, missing videos and output not_found, videos still uploading or
+// processing, or failed, failed_precondition, a private video's playback asked
 // for without a valid auth token unauthenticated and by someone else than its owner
 // permission_denied, metadata or auth out of reach unavailable, context errors keep their
 // meaning, and anything else (an unreadable or malformed playlist) is internal and logged.
@@ -224,6 +234,8 @@ func (s *Service) toConnect(ctx context.Context, err error) error {
 		return connect.NewError(connect.CodeInvalidArgument, err)
 	case errors.Is(err, ErrNotFound):
 		return connect.NewError(connect.CodeNotFound, err)
+	case errors.Is(err, ErrNotReady):
+		return connect.NewError(connect.CodeFailedPrecondition, err)
 	case errors.Is(err, ErrUnauthenticated):
 		return connect.NewError(connect.CodeUnauthenticated, err)
 	case errors.Is(err, ErrForbidden):

@@ -2,6 +2,7 @@ package streaming_test
 
 import (
 	"bytes"
+	"errors"
 	"fmt"
 	"io"
 	"log/slog"
@@ -15,6 +16,7 @@ import (
 	"time"
 
 	"connectrpc.com/connect"
+	metadatav1 "github.com/reelway/reelway/gen/reelway/metadata/v1"
 	streamingv1 "github.com/reelway/reelway/gen/reelway/streaming/v1"
 	"github.com/reelway/reelway/gen/reelway/streaming/v1/streamingv1connect"
 	"github.com/reelway/reelway/svc/rpc"
@@ -363,20 +365,30 @@ func TestHandlerRefusesDotDot(t *testing.T) {
 	}
 }
 
+// TestPreflight: a player on another origin may send every header the file routes act on.
 func TestPreflight(t *testing.T) {
 	tr := newTree(t)
 	s := newServer(t, tr.dataDir)
-	res, _ := s.do(t, "OPTIONS", "/v1/hls/vid1/360p/seg_00000.ts", map[string]string{
-		"Origin": "https://player.example", "Access-Control-Request-Method": "GET", "Access-Control-Request-Headers": "range",
-	})
-	if res.StatusCode != http.StatusNoContent {
-		t.Fatalf("status = %d, want 204", res.StatusCode)
-	}
-	if got := res.Header.Get("Access-Control-Allow-Headers"); !strings.Contains(got, "Range") {
-		t.Errorf("Access-Control-Allow-Headers = %q", got)
-	}
-	if got := res.Header.Get("Access-Control-Allow-Origin"); got != "*" {
-		t.Errorf("Access-Control-Allow-Origin = %q", got)
+	for _, header := range []string{"Range", "If-Range", "If-Match", "If-None-Match", "If-Modified-Since", "If-Unmodified-Since"} {
+		t.Run(header, func(t *testing.T) {
+			res, _ := s.do(t, "OPTIONS", "/v1/hls/vid1/360p/seg_00000.ts", map[string]string{
+				"Origin": "https://player.example", "Access-Control-Request-Method": "GET",
+				"Access-Control-Request-Headers": strings.ToLower(header),
+			})
+			if res.StatusCode != http.StatusNoContent {
+				t.Fatalf("status = %d, want 204", res.StatusCode)
+			}
+			allowed := false
+			for _, h := range strings.Split(res.Header.Get("Access-Control-Allow-Headers"), ",") {
+				allowed = allowed || strings.EqualFold(strings.TrimSpace(h), header)
+			}
+			if !allowed {
+				t.Errorf("Access-Control-Allow-Headers = %q lacks %s", res.Header.Get("Access-Control-Allow-Headers"), header)
+			}
+			if got := res.Header.Get("Access-Control-Allow-Origin"); got != "*" {
+				t.Errorf("Access-Control-Allow-Origin = %q", got)
+			}
+		})
 	}
 }
 
@@ -423,6 +435,74 @@ func TestGetPlayback(t *testing.T) {
 				if got.GetMasterUrl() != tt.want.GetMasterUrl() || got.GetThumbnailUrl() != tt.want.GetThumbnailUrl() ||
 					!slices.Equal(got.GetVariantUrls(), tt.want.GetVariantUrls()) {
 					t.Errorf("GetPlayback = %v, want %v", got, tt.want)
+				}
+			})
+		}
+	}
+}
+
+// TestGetPlaybackNotReady: a video still uploading or processing, or failed, is
+// failed_precondition saying so, whatever files its folder holds; an unknown video stays
+// not_found; a private video's state is told to its owner only.
+func TestGetPlaybackNotReady(t *testing.T) {
+	tr := newTree(t)
+	ids := []string{"ready", "uploading", "processing", "failed", "failed-bare", "unspecified", "priv-processing"}
+	for _, id := range ids {
+		copyTree(t, filepath.Join(tr.dataDir, "hls", "vid1"), filepath.Join(tr.dataDir, "hls", id))
+	}
+	videos := &fakeVideos{}
+	public := metadatav1.Visibility_VISIBILITY_PUBLIC
+	for _, v := range []*metadatav1.Video{
+		{Id: "ready", Status: metadatav1.VideoStatus_VIDEO_STATUS_READY, Visibility: public},
+		{Id: "uploading", Status: metadatav1.VideoStatus_VIDEO_STATUS_UPLOADING, Visibility: public},
+		{Id: "processing", Status: metadatav1.VideoStatus_VIDEO_STATUS_PROCESSING, Visibility: public},
+		{Id: "failed", Status: metadatav1.VideoStatus_VIDEO_STATUS_FAILED, FailureReason: "transcode: no video stream", Visibility: public},
+		{Id: "failed-bare", Status: metadatav1.VideoStatus_VIDEO_STATUS_FAILED, Visibility: public},
+		{Id: "unspecified", Visibility: public},
+		{Id: "priv-processing", Status: metadatav1.VideoStatus_VIDEO_STATUS_PROCESSING, OwnerId: "user-1",
+			Visibility: metadatav1.Visibility_VISIBILITY_PRIVATE},
+	} {
+		videos.set(v)
+	}
+	s := newServerWith(t, tr.dataDir, options{videos: videos, users: fakeUsers{"auth-owner": "user-1"}})
+	tests := []struct {
+		id, auth string
+		code     connect.Code
+		message  string
+	}{
+		{"ready", "", 0, ""},
+		{"unspecified", "", 0, ""},
+		{"uploading", "", connect.CodeFailedPrecondition, "video uploading is not ready (status UPLOADING)"},
+		{"processing", "", connect.CodeFailedPrecondition, "video processing is not ready (status PROCESSING)"},
+		{"failed", "", connect.CodeFailedPrecondition, "video failed failed: transcode: no video stream"},
+		{"failed-bare", "", connect.CodeFailedPrecondition, "video failed-bare failed"},
+		{"nope", "", connect.CodeNotFound, "video nope"},
+		{"priv-processing", "", connect.CodeUnauthenticated, ""},
+		{"priv-processing", "Bearer auth-owner", connect.CodeFailedPrecondition, "video priv-processing is not ready (status PROCESSING)"},
+	}
+	for proto, c := range s.clients {
+		for _, tt := range tests {
+			t.Run(proto+"/"+tt.id+tt.auth, func(t *testing.T) {
+				ctx, ci := connect.NewClientContext(t.Context())
+				if tt.auth != "" {
+					ci.RequestHeader().Set("Authorization", tt.auth)
+				}
+				res, err := c.GetPlayback(ctx, &streamingv1.GetPlaybackRequest{VideoId: tt.id})
+				if tt.code == 0 {
+					if err != nil || res.GetMasterUrl() != "/v1/hls/"+tt.id+"/master.m3u8" {
+						t.Fatalf("GetPlayback = %v, %v", res, err)
+					}
+					return
+				}
+				if connect.CodeOf(err) != tt.code {
+					t.Fatalf("code = %v (%v), want %v", connect.CodeOf(err), err, tt.code)
+				}
+				var ce *connect.Error
+				if !errors.As(err, &ce) || !strings.Contains(ce.Message(), tt.message) {
+					t.Fatalf("message %q, want it to contain %q", ce.Message(), tt.message)
+				}
+				if tt.code == connect.CodeUnauthenticated && strings.Contains(ce.Message(), "PROCESSING") {
+					t.Fatalf("a stranger learns a private video's state: %q", ce.Message())
 				}
 			})
 		}

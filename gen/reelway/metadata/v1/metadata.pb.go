@@ -286,8 +286,11 @@ type Video struct {
 	// title is required on create; an update may leave it out. It is one line of text: no
 	// control characters (C0, DEL or C1: tabs, line breaks, escapes), which would garble
 	// logs, headers and listings; any other Unicode is fine.
-	Title           string       `protobuf:"bytes,2,opt,name=title,proto3" json:"title,omitempty"`
-	Description     string       `protobuf:"bytes,3,opt,name=description,proto3" json:"description,omitempty"`
+	Title string `protobuf:"bytes,2,opt,name=title,proto3" json:"title,omitempty"`
+	// description is free text: line breaks and tabs are kept, other control characters
+	// (C0, DEL or C1) are refused as in title.
+	Description string `protobuf:"bytes,3,opt,name=description,proto3" json:"description,omitempty"`
+	// owner_id is the owning user's id, without control characters (C0, DEL or C1).
 	OwnerId         string       `protobuf:"bytes,4,opt,name=owner_id,json=ownerId,proto3" json:"owner_id,omitempty"`
 	Status          VideoStatus  `protobuf:"varint,5,opt,name=status,proto3,enum=reelway.metadata.v1.VideoStatus" json:"status,omitempty"`
 	Visibility      Visibility   `protobuf:"varint,6,opt,name=visibility,proto3,enum=reelway.metadata.v1.Visibility" json:"visibility,omitempty"`
@@ -301,8 +304,10 @@ type Video struct {
 	ThumbnailPath string `protobuf:"bytes,12,opt,name=thumbnail_path,json=thumbnailPath,proto3" json:"thumbnail_path,omitempty"`
 	SizeBytes     int64  `protobuf:"varint,13,opt,name=size_bytes,json=sizeBytes,proto3" json:"size_bytes,omitempty"`
 	// sha256 of the uploaded source, lower-case hex.
-	Sha256        string                 `protobuf:"bytes,14,opt,name=sha256,proto3" json:"sha256,omitempty"`
-	FailureReason string                 `protobuf:"bytes,15,opt,name=failure_reason,json=failureReason,proto3" json:"failure_reason,omitempty"`
+	Sha256        string `protobuf:"bytes,14,opt,name=sha256,proto3" json:"sha256,omitempty"`
+	FailureReason string `protobuf:"bytes,15,opt,name=failure_reason,json=failureReason,proto3" json:"failure_reason,omitempty"`
+	// tags are short labels, each one line of text without control characters (C0, DEL or
+	// C1), as in title.
 	Tags          []string               `protobuf:"bytes,16,rep,name=tags,proto3" json:"tags,omitempty"`
 	CreateTime    *timestamppb.Timestamp `protobuf:"bytes,17,opt,name=create_time,json=createTime,proto3" json:"create_time,omitempty"`
 	UpdateTime    *timestamppb.Timestamp `protobuf:"bytes,18,opt,name=update_time,json=updateTime,proto3" json:"update_time,omitempty"`
@@ -651,7 +656,8 @@ type ListVideosRequest struct {
 	PageToken string `protobuf:"bytes,2,opt,name=page_token,json=pageToken,proto3" json:"page_token,omitempty"`
 	// status, when set, keeps only videos in that state.
 	Status VideoStatus `protobuf:"varint,3,opt,name=status,proto3,enum=reelway.metadata.v1.VideoStatus" json:"status,omitempty"`
-	// owner_id, when set, keeps only that owner's videos.
+	// owner_id, when set, keeps only that owner's videos. Like Video.owner_id it has no
+	// control characters.
 	OwnerId string `protobuf:"bytes,4,opt,name=owner_id,json=ownerId,proto3" json:"owner_id,omitempty"`
 	// visibility, when set, keeps only videos with that visibility.
 	Visibility Visibility `protobuf:"varint,5,opt,name=visibility,proto3,enum=reelway.metadata.v1.Visibility" json:"visibility,omitempty"`
@@ -987,12 +993,12 @@ const file_reelway_metadata_v1_metadata_proto_rawDesc = "" +
 	"\x06height\x18\x03 \x01(\x05B\v\xbaH\b\x1a\x06\x18\x80\x80\x01(\x00R\x06height\x12%\n" +
 	"\tbandwidth\x18\x04 \x01(\x03B\a\xbaH\x04\"\x02(\x00R\tbandwidth\x12-\n" +
 	"\rplaylist_path\x18\x05 \x01(\tB\b\xbaH\x05r\x03\x18\x80\x02R\fplaylistPath\x12 \n" +
-	"\x06codecs\x18\x06 \x01(\tB\b\xbaH\x05r\x03\x18\x80\x01R\x06codecs\"\xaf\a\n" +
+	"\x06codecs\x18\x06 \x01(\tB\b\xbaH\x05r\x03\x18\x80\x01R\x06codecs\"\x86\b\n" +
 	"\x05Video\x12,\n" +
 	"\x02id\x18\x01 \x01(\tB\x1c\xbaH\x19r\x172\x15^[A-Za-z0-9_-]{1,64}$R\x02id\x128\n" +
-	"\x05title\x18\x02 \x01(\tB\"\xbaH\x1fr\x1d\x18\xc8\x012\x18^[^\\x00-\\x1F\\x7F-\\x9F]*$R\x05title\x12*\n" +
-	"\vdescription\x18\x03 \x01(\tB\b\xbaH\x05r\x03\x18\x88'R\vdescription\x12\"\n" +
-	"\bowner_id\x18\x04 \x01(\tB\a\xbaH\x04r\x02\x18@R\aownerId\x12B\n" +
+	"\x05title\x18\x02 \x01(\tB\"\xbaH\x1fr\x1d\x18\xc8\x012\x18^[^\\x00-\\x1F\\x7F-\\x9F]*$R\x05title\x12M\n" +
+	"\vdescription\x18\x03 \x01(\tB+\xbaH(r&\x18\x88'2!^[^\\x00-\\x08\\x0B-\\x1F\\x7F-\\x9F]*$R\vdescription\x12<\n" +
+	"\bowner_id\x18\x04 \x01(\tB!\xbaH\x1er\x1c\x18@2\x18^[^\\x00-\\x1F\\x7F-\\x9F]*$R\aownerId\x12B\n" +
 	"\x06status\x18\x05 \x01(\x0e2 .reelway.metadata.v1.VideoStatusB\b\xbaH\x05\x82\x01\x02\x10\x01R\x06status\x12I\n" +
 	"\n" +
 	"visibility\x18\x06 \x01(\x0e2\x1f.reelway.metadata.v1.VisibilityB\b\xbaH\x05\x82\x01\x02\x10\x01R\n" +
@@ -1009,9 +1015,8 @@ const file_reelway_metadata_v1_metadata_proto_rawDesc = "" +
 	"\n" +
 	"size_bytes\x18\r \x01(\x03B\a\xbaH\x04\"\x02(\x00R\tsizeBytes\x120\n" +
 	"\x06sha256\x18\x0e \x01(\tB\x18\xbaH\x15r\x132\x11^([0-9a-f]{64})?$R\x06sha256\x12/\n" +
-	"\x0efailure_reason\x18\x0f \x01(\tB\b\xbaH\x05r\x03\x18\xd0\x0fR\rfailureReason\x12$\n" +
-	"\x04tags\x18\x10 \x03(\tB\x10\xbaH\r\x92\x01\n" +
-	"\x10 \"\x06r\x04\x10\x01\x18@R\x04tags\x12;\n" +
+	"\x0efailure_reason\x18\x0f \x01(\tB\b\xbaH\x05r\x03\x18\xd0\x0fR\rfailureReason\x12>\n" +
+	"\x04tags\x18\x10 \x03(\tB*\xbaH'\x92\x01$\x10 \" r\x1e\x10\x01\x18@2\x18^[^\\x00-\\x1F\\x7F-\\x9F]*$R\x04tags\x12;\n" +
 	"\vcreate_time\x18\x11 \x01(\v2\x1a.google.protobuf.TimestampR\n" +
 	"createTime\x12;\n" +
 	"\vupdate_time\x18\x12 \x01(\v2\x1a.google.protobuf.TimestampR\n" +
@@ -1024,14 +1029,14 @@ const file_reelway_metadata_v1_metadata_proto_rawDesc = "" +
 	"\x0fGetVideoRequest\x12,\n" +
 	"\x02id\x18\x01 \x01(\tB\x1c\xbaH\x19r\x172\x15^[A-Za-z0-9_-]{1,64}$R\x02id\"D\n" +
 	"\x10GetVideoResponse\x120\n" +
-	"\x05video\x18\x01 \x01(\v2\x1a.reelway.metadata.v1.VideoR\x05video\"\xf9\x02\n" +
+	"\x05video\x18\x01 \x01(\v2\x1a.reelway.metadata.v1.VideoR\x05video\"\x93\x03\n" +
 	"\x11ListVideosRequest\x12'\n" +
 	"\tpage_size\x18\x01 \x01(\x05B\n" +
 	"\xbaH\a\x1a\x05\x18\xf4\x03(\x00R\bpageSize\x12'\n" +
 	"\n" +
 	"page_token\x18\x02 \x01(\tB\b\xbaH\x05r\x03\x18\x80\x04R\tpageToken\x12B\n" +
-	"\x06status\x18\x03 \x01(\x0e2 .reelway.metadata.v1.VideoStatusB\b\xbaH\x05\x82\x01\x02\x10\x01R\x06status\x12\"\n" +
-	"\bowner_id\x18\x04 \x01(\tB\a\xbaH\x04r\x02\x18@R\aownerId\x12I\n" +
+	"\x06status\x18\x03 \x01(\x0e2 .reelway.metadata.v1.VideoStatusB\b\xbaH\x05\x82\x01\x02\x10\x01R\x06status\x12<\n" +
+	"\bowner_id\x18\x04 \x01(\tB!\xbaH\x1er\x1c\x18@2\x18^[^\\x00-\\x1F\\x7F-\\x9F]*$R\aownerId\x12I\n" +
 	"\n" +
 	"visibility\x18\x05 \x01(\x0e2\x1f.reelway.metadata.v1.VisibilityB\b\xbaH\x05\x82\x01\x02\x10\x01R\n" +
 	"visibility\x12\x1e\n" +

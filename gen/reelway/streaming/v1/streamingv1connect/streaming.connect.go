@@ -42,7 +42,9 @@ const (
 type StreamingServiceClient interface {
 	// GetPlayback returns the URLs a player needs for a ready video. For a private video the
 	// caller must present the owner's auth token (Authorization: Bearer); every URL then
-	// carries a short-lived playback token scoped to that video.
+	// carries a short-lived playback token scoped to that video. A video still uploading or
+	// processing, or one that failed, is failed_precondition saying which (with the failure
+	// reason); an unknown video is not_found.
 	GetPlayback(context.Context, *v1.GetPlaybackRequest) (*v1.GetPlaybackResponse, error)
 }
 
@@ -86,7 +88,9 @@ func (c *streamingServiceClient) GetPlayback(ctx context.Context, req *v1.GetPla
 type StreamingServiceHandler interface {
 	// GetPlayback returns the URLs a player needs for a ready video. For a private video the
 	// caller must present the owner's auth token (Authorization: Bearer); every URL then
-	// carries a short-lived playback token scoped to that video.
+	// carries a short-lived playback token scoped to that video. A video still uploading or
+	// processing, or one that failed, is failed_precondition saying which (with the failure
+	// reason); an unknown video is not_found.
 	GetPlayback(context.Context, *v1.GetPlaybackRequest) (*v1.GetPlaybackResponse, error)
 }
 
