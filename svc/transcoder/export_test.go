@@ -16,9 +16,11 @@ func AVCCodecs(profile string, level int, hasAudio bool) string {
 	return avcCodecs(profile, level, hasAudio)
 }
 
-// ThumbnailSize exposes the thumbnail's fit into its box.
-func ThumbnailSize(width, height int, aspect float64) (int, int) {
-	return thumbnailSize(probeResult{Width: width, Height: height, Aspect: aspect})
+// ThumbnailSize exposes the thumbnail's size for a source: the top rendition of the
+// ladder fitted into its box.
+func ThumbnailSize(ladder []Rung, width, height int, aspect float64) (int, int) {
+	plan := planLadder(probeResult{Width: width, Height: height, Aspect: aspect}, ladder)
+	return thumbnailSize(plan[len(plan)-1])
 }
 
 // OutputFPS exposes the renditions' frame rate for a source's average rate.

@@ -97,7 +97,9 @@ func (s *Service) transcode(ctx context.Context, id, jobID, src string, p probeR
 	}
 	encoded := time.Now()
 	top := plan[len(plan)-1]
-	s.setStage(id, transcoderv1.TranscodeStage_TRANSCODE_STAGE_PACKAGING, packageStart, []string{top.Name})
+	// Every rendition is encoded now; packaging checks them all and makes the stills and
+	// download from the top one.
+	s.setStage(id, transcoderv1.TranscodeStage_TRANSCODE_STAGE_PACKAGING, packageStart, names)
 	if err := s.stills(ctx, src, tmp, p, top); err != nil {
 		return nil, err
 	}
@@ -105,7 +107,7 @@ func (s *Service) transcode(ctx context.Context, id, jobID, src string, p probeR
 	if err != nil {
 		return nil, err
 	}
-	s.setStage(id, transcoderv1.TranscodeStage_TRANSCODE_STAGE_PACKAGING, packageStart+2, []string{top.Name})
+	s.setStage(id, transcoderv1.TranscodeStage_TRANSCODE_STAGE_PACKAGING, packageStart+2, names)
 	if err := s.download(ctx, tmp, top); err != nil {
 		return nil, err
 	}
@@ -236,13 +238,13 @@ func encodeArgs(src, dir string, p probeResult, plan []rendition) []string {
 }
 
 // stills makes the poster (a full-size JPEG at the top rendition's size) and the
-// thumbnail (the same frame fitted into thumbnailBox) in one ffmpeg run. The frame comes
+// thumbnail (the same frame, the poster fitted into thumbnailBox) in one ffmpeg run. The frame comes
 // from inside the video: ffmpeg's thumbnail filter picks the most representative of about
 // a second of frames starting at a third of the duration, past most intros and fades,
 // which skips black and flash frames. When seeking there yields nothing (a damaged tail),
 // the first second is used.
 func (s *Service) stills(ctx context.Context, src, dir string, p probeResult, top rendition) error {
-	tw, th := thumbnailSize(p)
+	tw, th := thumbnailSize(top)
 	poster, thumb := filepath.Join(dir, media.Poster), filepath.Join(dir, media.Thumbnail)
 	window := max(1, min(int(math.Round(outputFPS(p))), 30))
 	graph := fmt.Sprintf("[0:v:0]thumbnail=%d,split=2[a][b];[a]scale=%d:%d,setsar=1[p];[b]scale=%d:%d,setsar=1[t]",

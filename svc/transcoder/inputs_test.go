@@ -49,7 +49,7 @@ func TestTranscodeInputs(t *testing.T) {
 		{"no audio", testClips.silent, []string{"240p:426x240", "360p:640x360"}, 2, false, 640, 360, "h264", [2]int{640, 360}, [2]int{640, 360}},
 		{"variable frame rate", testClips.vfr, []string{"240p:426x240", "360p:640x360"}, 3, true, 640, 360, "h264", [2]int{640, 360}, [2]int{640, 360}},
 		{"half a second", testClips.short, []string{"240p:320x240"}, 0.5, true, 320, 240, "h264", [2]int{320, 240}, [2]int{320, 240}},
-		{"odd width and height", testClips.odd, []string{"240p:320x240"}, 1, true, 321, 241, "h264", [2]int{320, 240}, [2]int{322, 242}},
+		{"odd width and height", testClips.odd, []string{"240p:320x240"}, 1, true, 321, 241, "h264", [2]int{320, 240}, [2]int{320, 240}},
 	}
 	for i, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -90,6 +90,17 @@ func TestTranscodeInputs(t *testing.T) {
 			}
 			checkThumbnail(t, filepath.Join(dir, "poster.jpg"), tt.poster[0], tt.poster[1])
 			checkThumbnail(t, filepath.Join(dir, "thumbnail.jpg"), tt.thumb[0], tt.thumb[1])
+			// What ffprobe sees: the thumbnail is never larger than the poster and the top
+			// rendition, and has their shape.
+			top := variants[len(variants)-1]
+			tw, th := probeSize(t, filepath.Join(dir, "thumbnail.jpg"))
+			pw, ph := probeSize(t, filepath.Join(dir, "poster.jpg"))
+			if pw != top.Width || ph != top.Height {
+				t.Errorf("poster %dx%d, top rendition %dx%d: want the same size", pw, ph, top.Width, top.Height)
+			}
+			if tw > pw || th > ph || tw%2 != 0 || th%2 != 0 || math.Abs(float64(tw)/float64(th)-float64(pw)/float64(ph)) > 0.02 {
+				t.Errorf("thumbnail %dx%d, poster %dx%d: want even sides, no larger, same aspect", tw, th, pw, ph)
+			}
 			checkDownload(t, filepath.Join(dir, "download.mp4"), tt.duration, tt.audio, tt.poster)
 		})
 	}
@@ -325,8 +336,10 @@ func TestWatchTranscode(t *testing.T) {
 					t.Errorf("%s: encoding renditions = %v", proto, m.GetRenditions())
 				}
 			}
-			if m.GetStage() == transcoderv1.TranscodeStage_TRANSCODE_STAGE_PACKAGING && !slices.Equal(m.GetRenditions(), []string{"720p"}) {
-				t.Errorf("%s: packaging renditions = %v, want the top one", proto, m.GetRenditions())
+			// From packaging on, every rendition is made.
+			if (m.GetStage() == transcoderv1.TranscodeStage_TRANSCODE_STAGE_PACKAGING || m.GetStage() == transcoderv1.TranscodeStage_TRANSCODE_STAGE_DONE) &&
+				!slices.Equal(m.GetRenditions(), []string{"240p", "360p", "480p", "720p"}) {
+				t.Errorf("%s: %v renditions = %v, want all of them", proto, m.GetStage(), m.GetRenditions())
 			}
 		}
 		if encoding < 2 {
@@ -337,8 +350,9 @@ func TestWatchTranscode(t *testing.T) {
 	// Finished: one message with the final state, then the end.
 	for _, proto := range protocols {
 		msgs := collect(t, e.clients[proto], "watched")
-		if len(msgs) != 1 || msgs[0].GetStage() != transcoderv1.TranscodeStage_TRANSCODE_STAGE_DONE {
-			t.Errorf("%s: after the end = %v, want one DONE", proto, msgs)
+		if len(msgs) != 1 || msgs[0].GetStage() != transcoderv1.TranscodeStage_TRANSCODE_STAGE_DONE ||
+			!slices.Equal(msgs[0].GetRenditions(), []string{"240p", "360p", "480p", "720p"}) {
+			t.Errorf("%s: after the end = %v, want one DONE with every rendition", proto, msgs)
 		}
 	}
 }
@@ -372,7 +386,9 @@ func TestWatchTranscodeEnds(t *testing.T) {
 	if err := os.MkdirAll(done, 0o755); err != nil {
 		t.Fatal(err)
 	}
-	if err := os.WriteFile(filepath.Join(done, "master.m3u8"), []byte("#EXTM3U\n"), 0o644); err != nil {
+	master := "#EXTM3U\n#EXT-X-STREAM-INF:BANDWIDTH=500000,RESOLUTION=426x240\n240p/index.m3u8\n" +
+		"#EXT-X-STREAM-INF:BANDWIDTH=900000,RESOLUTION=640x360\n360p/index.m3u8\n"
+	if err := os.WriteFile(filepath.Join(done, "master.m3u8"), []byte(master), 0o644); err != nil {
 		t.Fatal(err)
 	}
 	for _, proto := range protocols {
@@ -382,8 +398,9 @@ func TestWatchTranscodeEnds(t *testing.T) {
 			t.Errorf("%s: failed transcode = %v", proto, msgs)
 		}
 		msgs = collect(t, e.clients[proto], "earlier")
-		if len(msgs) != 1 || msgs[0].GetStage() != transcoderv1.TranscodeStage_TRANSCODE_STAGE_DONE || msgs[0].GetPercent() != 100 {
-			t.Errorf("%s: output on disk = %v", proto, msgs)
+		if len(msgs) != 1 || msgs[0].GetStage() != transcoderv1.TranscodeStage_TRANSCODE_STAGE_DONE || msgs[0].GetPercent() != 100 ||
+			!slices.Equal(msgs[0].GetRenditions(), []string{"240p", "360p"}) {
+			t.Errorf("%s: output on disk = %v, want DONE with the master's renditions", proto, msgs)
 		}
 		for id, code := range map[string]connect.Code{"never": connect.CodeNotFound, "../x": connect.CodeInvalidArgument} {
 			s, err := e.clients[proto].WatchTranscode(t.Context(), &transcoderv1.WatchTranscodeRequest{VideoId: id})
@@ -436,4 +453,25 @@ func TestJobTimeout(t *testing.T) {
 	if len(msgs) != 1 || msgs[0].GetStage() != transcoderv1.TranscodeStage_TRANSCODE_STAGE_FAILED || !strings.Contains(msgs[0].GetError(), "job timeout") {
 		t.Errorf("watch after timeout = %v", msgs)
 	}
+}
+
+// probeSize returns the width and height of the first video stream of a file as ffprobe
+// reads it.
+func probeSize(t *testing.T, path string) (int, int) {
+	t.Helper()
+	out, err := exec.Command("ffprobe", "-v", "error", "-select_streams", "v:0", "-show_entries", "stream=width,height",
+		"-of", "json", path).Output()
+	if err != nil {
+		t.Fatalf("ffprobe %s: %v", path, err)
+	}
+	var res struct {
+		Streams []struct {
+			Width  int `json:"width"`
+			Height int `json:"height"`
+		} `json:"streams"`
+	}
+	if err := json.Unmarshal(out, &res); err != nil || len(res.Streams) != 1 {
+		t.Fatalf("ffprobe %s: %s (%v)", path, out, err)
+	}
+	return res.Streams[0].Width, res.Streams[0].Height
 }

@@ -142,11 +142,14 @@ func sizeFor(short int, aspect float64) (w, h int) {
 	return short, max(even(float64(short)/aspect), 2)
 }
 
-// thumbnailSize fits the display picture into a thumbnailBox square without upscaling.
-func thumbnailSize(p probeResult) (w, h int) {
-	dw, dh := float64(p.Height)*p.Aspect, float64(p.Height)
-	scale := min(1, thumbnailBox/dw, thumbnailBox/dh)
-	return max(even(dw*scale), 2), max(even(dh*scale), 2)
+// thumbnailSize fits the top rendition's picture (the poster's size) into a thumbnailBox
+// square without upscaling, keeping its aspect and even sides. Fitting the rendition
+// rather than the source keeps the thumbnail from being larger than the video: an odd
+// 321x241 source has a 320x240 top rendition, whose thumbnail is 320x240 too.
+func thumbnailSize(top rendition) (w, h int) {
+	fw, fh := float64(top.Width), float64(top.Height)
+	scale := min(1, thumbnailBox/fw, thumbnailBox/fh)
+	return min(max(even(fw*scale), 2), top.Width), min(max(even(fh*scale), 2), top.Height)
 }
 
 // even rounds to the nearest even integer, as H.264 4:2:0 needs even dimensions.

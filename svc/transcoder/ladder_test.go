@@ -78,20 +78,32 @@ func TestParseLadder(t *testing.T) {
 }
 
 func TestThumbnailSize(t *testing.T) {
+	std := transcoder.StandardLadder()
 	tests := []struct {
+		name          string
 		width, height int
 		aspect        float64
 		w, h          int
 	}{
-		{1920, 1080, 16.0 / 9, 640, 360},
-		{720, 1280, 720.0 / 1280, 360, 640},
-		{320, 240, 4.0 / 3, 320, 240},
-		{641, 361, 641.0 / 361, 640, 360},
+		{"1080p fits the box", 1920, 1080, 16.0 / 9, 640, 360},
+		{"portrait fits the box", 720, 1280, 720.0 / 1280, 360, 640},
+		{"small source keeps the rendition's size", 320, 240, 4.0 / 3, 320, 240},
+		{"odd source is not larger than its rendition", 641, 361, 641.0 / 361, 640, 360},
+		{"odd small source is not larger than its rendition", 321, 241, 321.0 / 241, 320, 240},
+		{"odd source under every rung", 161, 121, 161.0 / 121, 160, 120},
+		{"tall odd source", 241, 433, 241.0 / 433, 240, 432},
+		{"square", 1080, 1080, 1, 640, 640},
 	}
 	for _, tt := range tests {
-		if w, h := transcoder.ThumbnailSize(tt.width, tt.height, tt.aspect); w != tt.w || h != tt.h {
-			t.Errorf("ThumbnailSize(%dx%d) = %dx%d, want %dx%d", tt.width, tt.height, w, h, tt.w, tt.h)
-		}
+		t.Run(tt.name, func(t *testing.T) {
+			w, h := transcoder.ThumbnailSize(std, tt.width, tt.height, tt.aspect)
+			if w != tt.w || h != tt.h {
+				t.Errorf("ThumbnailSize(%dx%d) = %dx%d, want %dx%d", tt.width, tt.height, w, h, tt.w, tt.h)
+			}
+			if w%2 != 0 || h%2 != 0 {
+				t.Errorf("ThumbnailSize(%dx%d) = %dx%d, want even sides", tt.width, tt.height, w, h)
+			}
+		})
 	}
 }
 

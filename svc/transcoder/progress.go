@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"os"
 	"path/filepath"
 	"slices"
@@ -105,15 +106,16 @@ func (t *tracker) update(id string, fn func(*progress)) {
 	j.changed = make(chan struct{})
 }
 
-// finish records the final state of id's transcode and removes it from the running ones.
-func (t *tracker) finish(id string, err error) {
+// finish records the final state of id's transcode and removes it from the running ones:
+// DONE with every rendition made, or FAILED with err.
+func (t *tracker) finish(id string, renditions []string, err error) {
 	t.update(id, func(p *progress) {
 		if err != nil {
 			p.Stage = transcoderv1.TranscodeStage_TRANSCODE_STAGE_FAILED
 			p.Err = err.Error()
 			return
 		}
-		p.Stage, p.Percent = transcoderv1.TranscodeStage_TRANSCODE_STAGE_DONE, 100
+		p.Stage, p.Percent, p.Renditions = transcoderv1.TranscodeStage_TRANSCODE_STAGE_DONE, 100, renditions
 	})
 	t.mu.Lock()
 	defer t.mu.Unlock()
@@ -155,8 +157,9 @@ func (t *tracker) snapshot(id string) (state progress, changed <-chan struct{}, 
 
 // WatchTranscode implements TranscoderService: it sends the state of the video's running
 // transcode, then every change, and ends after the final state. Without a running
-// transcode it sends the remembered final state, or DONE when the video's output is on
-// disk (a transcode finished before this process started), or fails with not_found.
+// transcode it sends the remembered final state, or DONE with the renditions of the
+// master playlist when the video's output is on disk (a transcode finished before this
+// process started), or fails with not_found.
 func (s *Service) WatchTranscode(ctx context.Context, req *transcoderv1.WatchTranscodeRequest, stream *connect.ServerStream[transcoderv1.WatchTranscodeResponse]) error {
 	id := req.GetVideoId()
 	if err := media.CheckID(id); err != nil {
@@ -164,10 +167,11 @@ func (s *Service) WatchTranscode(ctx context.Context, req *transcoderv1.WatchTra
 	}
 	state, changed, found := s.jobs.snapshot(id)
 	if !found {
-		if !s.outputExists(id) {
+		renditions, ok := s.finishedOutput(id)
+		if !ok {
 			return s.toConnect(ctx, fmt.Errorf("%w: no transcode of video %s", ErrNotFound, id))
 		}
-		state = progress{VideoID: id, Stage: transcoderv1.TranscodeStage_TRANSCODE_STAGE_DONE, Percent: 100}
+		state = progress{VideoID: id, Stage: transcoderv1.TranscodeStage_TRANSCODE_STAGE_DONE, Percent: 100, Renditions: renditions}
 	}
 	for {
 		if err := stream.Send(state.proto()); err != nil {
@@ -185,14 +189,32 @@ func (s *Service) WatchTranscode(ctx context.Context, req *transcoderv1.WatchTra
 	}
 }
 
-// outputExists reports whether a finished HLS output of id is in place.
-func (s *Service) outputExists(id string) bool {
+// finishedOutput reports whether a finished HLS output of id is in place, and the
+// renditions its master playlist lists (by folder name, as the transcoder writes them).
+func (s *Service) finishedOutput(id string) (renditions []string, ok bool) {
 	dir, err := media.HLSDir(s.cfg.DataDir, id)
 	if err != nil {
-		return false
+		return nil, false
 	}
-	fi, err := os.Stat(filepath.Join(dir, media.MasterPlaylist))
-	return err == nil && fi.Mode().IsRegular()
+	f, err := os.Open(filepath.Join(dir, media.MasterPlaylist))
+	if err != nil {
+		return nil, false
+	}
+	defer f.Close()
+	if fi, err := f.Stat(); err != nil || !fi.Mode().IsRegular() {
+		return nil, false
+	}
+	variants, err := media.ParseMaster(io.LimitReader(f, maxPlaylistBytes))
+	if err != nil {
+		// Still done: the renditions are just not known.
+		return nil, true
+	}
+	for _, v := range variants {
+		if name, _, ok := strings.Cut(v.URI, "/"); ok && name != "" {
+			renditions = append(renditions, name)
+		}
+	}
+	return renditions, true
 }
 
 // setStage moves id's transcode to a stage making renditions, at percent.

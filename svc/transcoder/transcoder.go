@@ -164,7 +164,11 @@ func (s *Service) Transcode(ctx context.Context, req *transcoderv1.TranscodeRequ
 			err = gone
 		}
 	}
-	s.jobs.finish(id, err)
+	var names []string
+	for _, r := range res.GetRenditions() {
+		names = append(names, r.GetName())
+	}
+	s.jobs.finish(id, names, err)
 	if err != nil {
 		return nil, s.toConnect(ctx, err)
 	}

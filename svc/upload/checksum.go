@@ -14,7 +14,6 @@ import (
 	"os"
 	"strconv"
 	"strings"
-	"time"
 )
 
 // checksumAlgorithms is the Tus-Checksum-Algorithm list: what Upload-Checksum may name.
@@ -60,11 +59,7 @@ func parseUploadChecksum(v string) (algo string, digest []byte, err error) {
 // bytes (creation-with-upload). Requests that tusd refuses anyway (wrong version or
 // content type) go to tusd unread.
 func wantsChecksum(r *http.Request, id string) bool {
-	if r.Header.Get("Upload-Checksum") == "" || r.Header.Get("Tus-Resumable") != tusResumable ||
-		r.Header.Get("Content-Type") != tusOctetStream {
-		return false
-	}
-	return (r.Method == http.MethodPatch && id != "") || (r.Method == http.MethodPost && id == "")
+	return r.Header.Get("Upload-Checksum") != "" && carriesBytes(r, id)
 }
 
 // verifyChecksum reads the request body into a spool file (at most the upload limit),
@@ -89,7 +84,7 @@ func (t *tusServer) verifyChecksum(w http.ResponseWriter, r *http.Request) (clea
 		_ = os.Remove(f.Name())
 	}
 	h := newChecksumHash(algo)
-	body := &deadlineReader{r: r.Body, rc: http.NewResponseController(w), timeout: tusNetworkTimeout}
+	body := t.s.idleBody(w, r)
 	// Reading one byte past the limit tells an oversize body from one of exactly the limit.
 	buf := t.s.buffer()
 	defer t.s.release(buf)
@@ -99,9 +94,10 @@ func (t *tusServer) verifyChecksum(w http.ResponseWriter, r *http.Request) (clea
 		err = fmt.Errorf("%w: more than %d bytes", ErrTooLarge, limit)
 	case err != nil:
 		var werr *writeError
-		if errors.As(err, &werr) {
+		switch {
+		case errors.As(err, &werr):
 			err = fmt.Errorf("%w: spool: %w", ErrStorage, err)
-		} else {
+		case !errors.Is(err, ErrIdle):
 			err = fmt.Errorf("%w: %w", ErrRead, err)
 		}
 	case subtle.ConstantTimeCompare(h.Sum(nil), want) != 1:
@@ -123,17 +119,4 @@ func (t *tusServer) verifyChecksum(w http.ResponseWriter, r *http.Request) (clea
 	r.TransferEncoding = nil
 	r.Header.Set("Content-Length", strconv.FormatInt(n, 10))
 	return cleanup, nil
-}
-
-// deadlineReader pushes the connection's read deadline back before every read, so a
-// stalled client is dropped after timeout while a slow but steady one is not.
-type deadlineReader struct {
-	r       io.Reader
-	rc      *http.ResponseController
-	timeout time.Duration
-}
-
-func (d *deadlineReader) Read(p []byte) (int, error) {
-	_ = d.rc.SetReadDeadline(time.Now().Add(d.timeout))
-	return d.r.Read(p)
 }

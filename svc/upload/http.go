@@ -5,7 +5,10 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"net"
 	"net/http"
+	"os"
+	"strconv"
 	"strings"
 	"time"
 
@@ -60,7 +63,7 @@ func (s *Service) httpHandler() http.Handler {
 			s.writeError(w, r, fmt.Errorf("%w: no bytes received", ErrEmpty))
 			return
 		}
-		res, err := s.store(r.Context(), meta, r.Header, idleTimeoutBody(w, r, bodyIdleTimeout))
+		res, err := s.store(r.Context(), meta, r.Header, s.idleBody(w, r))
 		if err != nil {
 			s.writeError(w, r, err)
 			return
@@ -79,14 +82,18 @@ func (s *Service) writeError(w http.ResponseWriter, r *http.Request, err error) 
 		s.log.ErrorContext(r.Context(), "upload.internal", "err", err)
 		msg = "upload: internal error"
 	}
-	if errors.Is(err, ErrTooLarge) {
-		// The rest of the body is not wanted; closing spares reading it to keep the
-		// connection.
+	if errors.Is(err, ErrTooLarge) || errors.Is(err, ErrIdle) {
+		// The rest of the body is not wanted (or not coming); closing spares reading it to
+		// keep the connection.
 		w.Header().Set("Connection", "close")
 	}
 	status := httpStatus(code)
-	if errors.Is(err, ErrUnsupportedMedia) {
+	switch {
+	case errors.Is(err, ErrUnsupportedMedia):
 		status = http.StatusUnsupportedMediaType
+	case errors.Is(err, ErrIdle):
+		// The client, not a backend, ran out of time: 408 rather than 504.
+		status = http.StatusRequestTimeout
 	}
 	if code == connect.CodeUnauthenticated {
 		w.Header().Set("WWW-Authenticate", wwwAuthenticate)
@@ -128,18 +135,29 @@ func httpStatus(code connect.Code) int {
 // wwwAuthenticate is the challenge of a 401 (RFC 6750): the bearer token did not verify.
 const wwwAuthenticate = `Bearer error="invalid_token"`
 
-// bodyIdleTimeout is how long an upload body may stall before the upload is abandoned. The
-// server has no whole-request timeout (large files take as long as they take), so a client
-// that stops sending must not hold a connection and a partial file forever.
-const bodyIdleTimeout = time.Minute
-
-// idleTimeoutBody returns r's body with a read deadline renewed before every read.
-func idleTimeoutBody(w http.ResponseWriter, r *http.Request, idle time.Duration) io.Reader {
-	return &idleReader{body: r.Body, rc: http.NewResponseController(w), idle: idle}
+// idleBody returns r's body with a read deadline renewed before every read: a body that
+// stalls for the idle timeout fails with ErrIdle.
+func (s *Service) idleBody(w http.ResponseWriter, r *http.Request) io.ReadCloser {
+	return &idleReader{body: r.Body, rc: http.NewResponseController(w), idle: s.cfg.IdleTimeout}
 }
 
+// idleBodies gives the RPC handler h's request bodies the idle timeout, so a stalled
+// Upload stream is dropped like a stalled POST /v1/uploads.
+func (s *Service) idleBodies(h http.Handler) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.Body != nil && r.Body != http.NoBody {
+			r.Body = s.idleBody(w, r)
+		}
+		h.ServeHTTP(w, r)
+	})
+}
+
+// idleReader is a request body whose connection read deadline is pushed back before every
+// read, so a stalled client is dropped after idle while a slow but steady one is not. A
+// read that times out fails with ErrIdle, which names the timeout and not the
+// connection's addresses.
 type idleReader struct {
-	body io.Reader
+	body io.ReadCloser
 	rc   *http.ResponseController
 	idle time.Duration
 }
@@ -147,5 +165,23 @@ type idleReader struct {
 func (r *idleReader) Read(p []byte) (int, error) {
 	// Not every writer supports deadlines (tests, some wrappers); then reads just block.
 	_ = r.rc.SetReadDeadline(time.Now().Add(r.idle))
-	return r.body.Read(p)
+	n, err := r.body.Read(p)
+	if err != nil && timedOut(err) {
+		return n, idleError(r.idle)
+	}
+	return n, err
+}
+
+func (r *idleReader) Close() error { return r.body.Close() }
+
+// timedOut reports a read that ended at its deadline: os.ErrDeadlineExceeded over
+// HTTP/2, a timeout net.Error over HTTP/1.1.
+func timedOut(err error) bool {
+	var ne net.Error
+	return errors.Is(err, os.ErrDeadlineExceeded) || (errors.As(err, &ne) && ne.Timeout())
+}
+
+// idleError is the error of a body that stalled for idle.
+func idleError(idle time.Duration) error {
+	return fmt.Errorf("%w for %ss", ErrIdle, strconv.FormatFloat(idle.Seconds(), 'f', -1, 64))
 }

@@ -177,8 +177,11 @@ func (s *Service) write(dir string, r io.Reader) (int64, string, error) {
 		return 0, "", fmt.Errorf("%w: more than %d bytes", ErrTooLarge, s.cfg.MaxBytes)
 	case err != nil:
 		var werr *writeError
-		if errors.As(err, &werr) {
+		switch {
+		case errors.As(err, &werr):
 			return 0, "", fmt.Errorf("%w: %w", ErrStorage, err)
+		case errors.Is(err, ErrIdle):
+			return 0, "", err
 		}
 		return 0, "", fmt.Errorf("%w: %w", ErrRead, err)
 	case n == 0:

@@ -62,9 +62,6 @@ const (
 	reasonCancelled = "upload cancelled"
 	reasonExpired   = "upload expired"
 
-	// tusNetworkTimeout is how long a PATCH body may stall before the request is dropped
-	// (the bytes received so far are kept).
-	tusNetworkTimeout = time.Minute
 	// tusStepTimeout bounds one call to the metadata service or the event bus made for a
 	// tus upload. Those calls are detached from the request, so a client hanging up at
 	// the last byte cannot leave a stored file without its record and event.
@@ -142,8 +139,10 @@ func (s *Service) newTus() (*tusServer, error) {
 		PreUploadCreateCallback:    t.preCreate,
 		PreFinishResponseCallback:  t.preFinish,
 		PreUploadTerminateCallback: t.preTerminate,
-		NetworkTimeout:             tusNetworkTimeout,
-		Logger:                     newTusLogger(s.log),
+		// How long a body may stall before the request is dropped (the bytes received so
+		// far are kept).
+		NetworkTimeout: s.cfg.IdleTimeout,
+		Logger:         newTusLogger(s.log),
 	})
 	if err != nil {
 		return nil, fmt.Errorf("upload: tus handler: %w", err)
@@ -174,20 +173,41 @@ func (t *tusServer) serve(w http.ResponseWriter, r *http.Request) {
 		t.writeError(w, r, fmt.Errorf("%w: %q is not an upload id", ErrNoUpload, truncate(id, 80)))
 		return
 	}
-	if r.Method == http.MethodPost && id == "" {
+	creation := r.Method == http.MethodPost && id == ""
+	if creation {
 		if err := t.checkDeclaredSize(r); err != nil {
 			t.writeError(w, r, err)
 			return
 		}
 	}
 	tw := &tusWriter{ResponseWriter: w, method: r.Method, expires: time.Now().Add(t.s.cfg.Expiry)}
-	if wantsChecksum(r, id) {
-		cleanup, err := t.verifyChecksum(tw, r)
-		if err != nil {
-			t.writeError(tw, r, err)
-			return
+	if carriesBytes(r, id) {
+		if creation {
+			if err := checkCreationBody(r); err != nil {
+				t.writeError(w, r, err)
+				return
+			}
 		}
-		defer cleanup()
+		if wantsChecksum(r, id) {
+			cleanup, err := t.verifyChecksum(tw, r)
+			if err != nil {
+				t.writeError(tw, r, err)
+				return
+			}
+			defer cleanup()
+			if creation {
+				// The spooled body's length is known now.
+				if err := checkCreationBody(r); err != nil {
+					t.writeError(tw, r, err)
+					return
+				}
+			}
+		}
+		if r.ContentLength < 0 {
+			b := newBoundedBody(r.Body, creation)
+			r.Body = b
+			r = r.WithContext(context.WithValue(r.Context(), boundedBodyKey{}, b))
+		}
 	}
 	t.handler.ServeHTTP(tw, r)
 }
@@ -208,7 +228,8 @@ func (t *tusServer) checkDeclaredSize(r *http.Request) error {
 // preCreate validates a creation request's metadata, verifies its bearer token (the owner),
 // keeps only the fields the platform uses, and names the upload with a fresh video id, so
 // the upload URL and the video share it. It runs before tusd stores anything, a
-// creation-with-upload body included.
+// creation-with-upload body included (serve has checked that body's Content-Length
+// against Upload-Length already).
 func (t *tusServer) preCreate(hook handler.HookEvent) (handler.HTTPResponse, handler.FileInfoChanges, error) {
 	if hook.Upload.Size <= 0 {
 		return handler.HTTPResponse{}, handler.FileInfoChanges{}, tusError(fmt.Errorf("%w: Upload-Length must be at least 1 byte", ErrEmpty))
@@ -638,6 +659,10 @@ func tusError(err error) handler.Error {
 		return handler.NewError("ERR_VIDEO_DELETED", err.Error(), http.StatusGone)
 	case errors.Is(err, ErrNoUpload):
 		return handler.NewError("ERR_UPLOAD_NOT_FOUND", err.Error(), http.StatusNotFound)
+	case errors.Is(err, ErrIdle):
+		return handler.NewError("ERR_READ_TIMEOUT", err.Error(), http.StatusRequestTimeout)
+	case errors.Is(err, ErrSizeExceeded):
+		return handler.NewError("ERR_UPLOAD_SIZE_EXCEEDED", err.Error(), http.StatusRequestEntityTooLarge)
 	}
 	code := connectCode(err)
 	msg := err.Error()
@@ -667,8 +692,8 @@ func (t *tusServer) writeError(w http.ResponseWriter, r *http.Request, err error
 	h := w.Header()
 	h.Set("Tus-Resumable", tusResumable)
 	h.Set("Content-Type", "text/plain; charset=utf-8")
-	if herr.HTTPResponse.StatusCode == http.StatusRequestEntityTooLarge {
-		// The rest of the body is not wanted.
+	if c := herr.HTTPResponse.StatusCode; c == http.StatusRequestEntityTooLarge || c == http.StatusRequestTimeout {
+		// The rest of the body is not wanted (or not coming).
 		h.Set("Connection", "close")
 	}
 	w.WriteHeader(herr.HTTPResponse.StatusCode)

@@ -220,7 +220,8 @@ func (e *env) startUpload(t *testing.T, cfg upload.Config, pub upload.Publisher,
 	return base
 }
 
-// subscribe listens on an event subject before the action that publishes it.
+// subscribe listens on an event subject before the action that publishes it. The function
+// it returns waits for the event about id ("": the next event).
 func (e *env) subscribe(t *testing.T, typ eventsv1.EventType) func(id string) *eventsv1.Event {
 	t.Helper()
 	sub, err := e.bus.Conn().SubscribeSync(events.Subject(typ))
@@ -243,7 +244,7 @@ func (e *env) subscribe(t *testing.T, typ eventsv1.EventType) func(id string) *e
 			if err != nil {
 				t.Fatalf("decode event: %v", err)
 			}
-			if ev.GetSubjectId() == id {
+			if id == "" || ev.GetSubjectId() == id {
 				return ev
 			}
 		}
@@ -534,6 +535,22 @@ func (e *env) infoFiles(t *testing.T) int {
 	return len(m)
 }
 
+// videoCount counts the videos metadata lists.
+func (e *env) videoCount(t *testing.T) int {
+	t.Helper()
+	n, token := 0, ""
+	for {
+		res, err := e.meta.ListVideos(t.Context(), &metadatav1.ListVideosRequest{PageSize: 100, PageToken: token})
+		if err != nil {
+			t.Fatalf("list videos: %v", err)
+		}
+		n += len(res.GetVideos())
+		if token = res.GetNextPageToken(); token == "" {
+			return n
+		}
+	}
+}
+
 func TestTusCreationWithUpload(t *testing.T) {
 	e := newEnv(t)
 	for name, c := range e.tusClients() {
@@ -569,7 +586,6 @@ func TestTusCreationRefusals(t *testing.T) {
 		hdr    map[string]string
 		status int
 		reason string
-		leaves bool // tusd creates the upload before it sees the excess bytes
 	}{
 		{name: "no title", size: 10, meta: tusMeta("filename", "a.mp4"), status: http.StatusBadRequest, reason: "title"},
 		{name: "title not base64", size: 10, meta: "title %%%", status: http.StatusBadRequest, reason: "title"},
@@ -582,20 +598,21 @@ func TestTusCreationRefusals(t *testing.T) {
 		{name: "over the limit with bytes", size: testMaxBytes + 1, meta: tusMeta("title", "x"), body: make([]byte, 1000), status: http.StatusRequestEntityTooLarge, reason: strconv.Itoa(testMaxBytes)},
 		{name: "no length", size: 10, meta: tusMeta("title", "x"), hdr: map[string]string{"Upload-Length": ""}, status: http.StatusBadRequest},
 		{name: "deferred length", size: 10, meta: tusMeta("title", "x"), hdr: map[string]string{"Upload-Length": "", "Upload-Defer-Length": "1"}, status: http.StatusNotImplemented},
-		{name: "bytes past the length", size: 10, meta: tusMeta("title", "x"), body: make([]byte, 11), status: http.StatusRequestEntityTooLarge, leaves: true},
+		{name: "bytes past the length", size: 10, meta: tusMeta("title", "x"), body: make([]byte, 11), status: http.StatusRequestEntityTooLarge, reason: "ERR_UPLOAD_SIZE_EXCEEDED"},
 		{name: "no tus version", size: 10, meta: tusMeta("title", "x"), hdr: map[string]string{"Tus-Resumable": ""}, status: http.StatusPreconditionFailed},
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
-			before := e.infoFiles(t)
+			before, videos := e.infoFiles(t), e.videoCount(t)
 			res, body := c.create(t, tc.size, tc.meta, tc.body, tc.hdr)
 			if res.StatusCode != tc.status || !strings.Contains(body, tc.reason) {
 				t.Fatalf("POST: %d %q, want %d mentioning %q", res.StatusCode, body, tc.status, tc.reason)
 			}
-			if !tc.leaves {
-				if after := e.infoFiles(t); after != before {
-					t.Errorf("a refused creation left an upload: %d → %d", before, after)
-				}
+			if after := e.infoFiles(t); after != before {
+				t.Errorf("a refused creation left an upload: %d → %d", before, after)
+			}
+			if after := e.videoCount(t); after != videos {
+				t.Errorf("a refused creation left a video: %d → %d", videos, after)
 			}
 		})
 	}

@@ -50,6 +50,10 @@ func (u hashingUpload) WriteChunk(ctx context.Context, offset int64, src io.Read
 	if err != nil {
 		return 0, err
 	}
+	body := requestBody(ctx)
+	if body != nil {
+		body.limit(info.Size - offset)
+	}
 	h := u.t.resumeHash(info.ID, offset)
 	buf := u.t.s.buffer()
 	defer u.t.s.release(buf)
@@ -59,6 +63,15 @@ func (u hashingUpload) WriteChunk(ctx context.Context, offset int64, src io.Read
 	// finds none for its offset, and the end reads the file again.
 	if h != nil && n > 0 && hr.hashed == n {
 		u.t.saveHash(ctx, info.ID, offset+n, h)
+	}
+	if body != nil && body.overran() {
+		// The body held back its last bytes, so the upload is not complete. A PATCH keeps
+		// what it stored (the client resumes from HEAD's offset); a creation's client
+		// never learns the upload's URL, so the upload and its video go.
+		if body.creation {
+			u.t.discardCreated(ctx, u, info.ID)
+		}
+		return n, body.err
 	}
 	return n, err
 }

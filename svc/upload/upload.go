@@ -26,6 +26,11 @@ const Source = "upload"
 // DefaultMaxBytes caps one upload when Config.MaxBytes is zero.
 const DefaultMaxBytes int64 = 2 << 30
 
+// DefaultIdleTimeout is how long a request body may stall when Config.IdleTimeout is zero.
+// The server has no whole-request timeout (large files take as long as they take), so a
+// client that stops sending must not hold a connection and a partial file forever.
+const DefaultIdleTimeout = time.Minute
+
 // Errors of the upload service. Each maps to one Connect code in connectCode.
 var (
 	// ErrInvalid means the caller's request is malformed (missing title, bad stream order).
@@ -36,6 +41,9 @@ var (
 	ErrTooLarge = errors.New("upload: file too large")
 	// ErrRead means the caller's bytes stopped arriving (disconnect, broken stream).
 	ErrRead = errors.New("upload: read body")
+	// ErrIdle means no byte of the body arrived for the idle timeout: the caller stalled
+	// and the upload was abandoned (HTTP 408, deadline_exceeded).
+	ErrIdle = errors.New("upload: no bytes received")
 	// ErrUnavailable means a dependency (metadata service or event bus) could not take the
 	// upload; the caller may retry.
 	ErrUnavailable = errors.New("upload: dependency unavailable")
@@ -66,6 +74,8 @@ var (
 type Videos interface {
 	CreateVideo(ctx context.Context, req *metadatav1.CreateVideoRequest) (*metadatav1.CreateVideoResponse, error)
 	UpdateVideo(ctx context.Context, req *metadatav1.UpdateVideoRequest) (*metadatav1.UpdateVideoResponse, error)
+	// DeleteVideo removes the video of a tus creation refused after the video was made.
+	DeleteVideo(ctx context.Context, req *metadatav1.DeleteVideoRequest) (*metadatav1.DeleteVideoResponse, error)
 }
 
 var _ Videos = metadatav1connect.MetadataServiceClient(nil)
@@ -79,6 +89,11 @@ type Config struct {
 	// Expiry is how long a resumable (tus) upload may go without new bytes before it is
 	// deleted and its video failed; zero means DefaultExpiry.
 	Expiry time.Duration
+	// IdleTimeout is how long a request body may go without a byte arriving before the
+	// request is given up: POST /v1/uploads and the Upload RPC then fail (408,
+	// deadline_exceeded) and keep nothing, a tus request keeps what it stored. Zero means
+	// DefaultIdleTimeout.
+	IdleTimeout time.Duration
 }
 
 // Service implements UploadService and the POST /v1/uploads route.
@@ -105,6 +120,9 @@ func New(log *slog.Logger, cfg Config, pub Publisher, videos Videos, users Users
 	if cfg.Expiry <= 0 {
 		cfg.Expiry = DefaultExpiry
 	}
+	if cfg.IdleTimeout <= 0 {
+		cfg.IdleTimeout = DefaultIdleTimeout
+	}
 	return &Service{log: log, cfg: cfg, pub: pub, videos: videos, users: users}
 }
 
@@ -128,7 +146,7 @@ func (s *Service) Mount(srv *rpc.Server) error {
 	s.tus = t
 	t.mount(srv)
 	path, h := uploadv1connect.NewUploadServiceHandler(s, srv.HandlerOptions()...)
-	srv.Mount(uploadv1connect.UploadServiceName, path, h)
+	srv.Mount(uploadv1connect.UploadServiceName, path, s.idleBodies(h))
 	srv.Handle("POST /v1/uploads", s.httpHandler())
 	return nil
 }
@@ -138,9 +156,12 @@ func (s *Service) Mount(srv *rpc.Server) error {
 func connectCode(err error) connect.Code {
 	var ce *connect.Error
 	switch {
+	case errors.Is(err, ErrIdle):
+		// Before the connect.Error case: the Upload RPC's stream wraps the stall.
+		return connect.CodeDeadlineExceeded
 	case errors.Is(err, ErrInvalid), errors.Is(err, ErrEmpty), errors.Is(err, ErrUnsupportedMedia):
 		return connect.CodeInvalidArgument
-	case errors.Is(err, ErrTooLarge):
+	case errors.Is(err, ErrTooLarge), errors.Is(err, ErrSizeExceeded):
 		return connect.CodeResourceExhausted
 	case errors.Is(err, ErrUnauthenticated):
 		return connect.CodeUnauthenticated

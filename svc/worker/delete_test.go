@@ -16,6 +16,7 @@ import (
 	metadatav1 "github.com/reelway/reelway/gen/reelway/metadata/v1"
 	workerv1 "github.com/reelway/reelway/gen/reelway/worker/v1"
 	"github.com/reelway/reelway/svc/worker"
+	"google.golang.org/protobuf/proto"
 )
 
 // TestDeleteVideoMidJob: deleting a video stops its running job at once: ffmpeg is killed
@@ -165,4 +166,58 @@ func (e *env) videoFiles(id string) []string {
 		e.t.Fatal(err)
 	}
 	return append(left, tmp...)
+}
+
+// TestRetryJobOfDeletedVideo: a failed job whose video was deleted is not retried. RetryJob
+// answers failed_precondition naming the deleted video, over Connect and gRPC, and leaves
+// the job exactly as it was (no new attempt budget, no update time) with no message
+// queued and no transcode.requested published.
+func TestRetryJobOfDeletedVideo(t *testing.T) {
+	e := newEnv(t)
+	id := e.addVideo(textFile(t))
+	w := e.startWorker("w1", worker.Config{})
+	e.uploadCompleted(id)
+	if v := e.waitVideo(id); v.GetStatus() != metadatav1.VideoStatus_VIDEO_STATUS_FAILED {
+		t.Fatalf("video of a text file = %v, want FAILED", v.GetStatus())
+	}
+	e.waitSettled()
+	before := e.job(w, id)
+	if before.GetState() != workerv1.JobState_JOB_STATE_FAILED {
+		t.Fatalf("job = %v, want FAILED", before)
+	}
+	if _, err := e.meta.DeleteVideo(t.Context(), &metadatav1.DeleteVideoRequest{Id: id}); err != nil {
+		t.Fatalf("delete video: %v", err)
+	}
+	stream, err := e.bus.JetStream().Stream(t.Context(), worker.JobsStream)
+	if err != nil {
+		t.Fatal(err)
+	}
+	info, err := stream.Info(t.Context())
+	if err != nil {
+		t.Fatal(err)
+	}
+	lastSeq := info.State.LastSeq
+
+	for _, opts := range [][]connect.ClientOption{nil, {connect.WithGRPC()}} {
+		_, err := e.workerClient(w.url, opts...).RetryJob(t.Context(), &workerv1.RetryJobRequest{Id: before.GetId()})
+		if connect.CodeOf(err) != connect.CodeFailedPrecondition || !strings.Contains(err.Error(), "video "+id+" was deleted") {
+			t.Errorf("RetryJob of a deleted video's job = %v, want failed_precondition saying video %s was deleted", err, id)
+		}
+	}
+	if after := e.job(w, id); !proto.Equal(after, before) {
+		t.Errorf("job after the refused retries = %v, want untouched %v", after, before)
+	}
+	info, err = stream.Info(t.Context())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if info.State.LastSeq != lastSeq {
+		t.Errorf("jobs stream went from sequence %d to %d: a job message was queued", lastSeq, info.State.LastSeq)
+	}
+	if n := len(eventsFor(e.events(eventsv1.EventType_EVENT_TYPE_TRANSCODE_REQUESTED), id)); n != 1 {
+		t.Errorf("transcode.requested events = %d, want only the first", n)
+	}
+	if n := e.tc.count(id); n != 1 {
+		t.Errorf("transcode calls = %d, want the first only", n)
+	}
 }

@@ -3,8 +3,10 @@ package worker
 import (
 	"context"
 	"errors"
+	"fmt"
 	"time"
 
+	"connectrpc.com/connect"
 	metadatav1 "github.com/reelway/reelway/gen/reelway/metadata/v1"
 	workerv1 "github.com/reelway/reelway/gen/reelway/worker/v1"
 	"github.com/reelway/reelway/svc/events"
@@ -46,29 +48,38 @@ func (s *Service) GetJob(ctx context.Context, req *workerv1.GetJobRequest) (*wor
 
 // RetryJob implements WorkerService.RetryJob: a failed, dead or cancelled job gets a fresh
 // attempt budget and a new message on its work queue (a new message id, so JetStream's
-// duplicate window cannot swallow a retry made seconds after the last attempt).
+// duplicate window cannot swallow a retry made seconds after the last attempt). A job
+// whose video was deleted is not retried (failed_precondition) and stays as it was.
 func (s *Service) RetryJob(ctx context.Context, req *workerv1.RetryJobRequest) (*workerv1.RetryJobResponse, error) {
 	old, err := s.store.get(ctx, req.GetId())
 	if err != nil {
 		return nil, connectError(err)
 	}
-	r, undo, err := s.store.requeue(ctx, req.GetId())
-	if err != nil {
+	if err := retryable(old); err != nil {
 		return nil, connectError(err)
 	}
-	// The video is processing again from now on; it is marked before the job is queued
-	// so this cannot overwrite what a fast attempt records.
-	processing := &metadatav1.Video{Id: r.videoID, Status: metadatav1.VideoStatus_VIDEO_STATUS_PROCESSING}
+	// The video is processing again from now on. It is marked before the job changes, so
+	// a deleted video or a metadata outage leaves the job untouched, and before the job
+	// is queued, so this cannot overwrite what a fast attempt records.
+	processing := &metadatav1.Video{Id: old.videoID, Status: metadatav1.VideoStatus_VIDEO_STATUS_PROCESSING}
 	if err := s.update(ctx, processing, "status", "failure_reason"); err != nil {
-		undo(context.WithoutCancel(ctx))
+		if connect.CodeOf(err) == connect.CodeNotFound {
+			err = fmt.Errorf("%w: video %s was deleted, so job %s cannot run again", ErrVideoGone, old.videoID, old.id)
+		}
+		return nil, connectError(err)
+	}
+	r, undo, err := s.store.requeue(ctx, old)
+	if err != nil {
+		if !errors.Is(err, ErrJobState) {
+			// The job stays as it was: so does its video. (ErrJobState means another
+			// RetryJob got there first, for which the video is rightly processing.)
+			s.restoreFailed(ctx, old)
+		}
 		return nil, connectError(err)
 	}
 	if err := s.enqueue(ctx, r); err != nil {
-		uctx := context.WithoutCancel(ctx)
-		undo(uctx)
-		if merr := s.markFailed(uctx, r.videoID, old.errText); merr != nil {
-			s.log.WarnContext(ctx, "job.mark_failed", "job_id", r.id, "err", merr)
-		}
+		undo(context.WithoutCancel(ctx))
+		s.restoreFailed(ctx, old)
 		return nil, connectError(err)
 	}
 	s.log.InfoContext(ctx, "job.retried", "job_id", r.id, "video_id", r.videoID, "generation", r.retries)
@@ -79,45 +90,66 @@ func (s *Service) RetryJob(ctx context.Context, req *workerv1.RetryJobRequest) (
 	return &workerv1.RetryJobResponse{Job: r.proto(time.Now())}, nil
 }
 
+// restoreFailed puts the video of a job whose retry did not happen back to FAILED with
+// the job's error.
+func (s *Service) restoreFailed(ctx context.Context, old *jobRow) {
+	if err := s.markFailed(context.WithoutCancel(ctx), old.videoID, old.errText); err != nil {
+		s.log.WarnContext(ctx, "job.mark_failed", "job_id", old.id, "err", err)
+	}
+}
+
 // CancelJob implements WorkerService.CancelJob. A queued job is cancelled at once; a
 // running one is stopped by the worker running it (this process directly, another one
 // through the store within CancelPoll), which kills ffmpeg by ending the Transcode call.
-// The answer waits (up to cancelWait) for the running attempt to stop.
+// The answer waits (up to cancelWait) for the running attempt to stop. A finished job
+// (already cancelled, or ended otherwise) is failed_precondition.
 func (s *Service) CancelJob(ctx context.Context, req *workerv1.CancelJobRequest) (*workerv1.CancelJobResponse, error) {
 	id := req.GetId()
-	r, err := s.store.settle(ctx, id, workerv1.JobState_JOB_STATE_CANCELLED, "cancelled", workerv1.JobState_JOB_STATE_QUEUED)
-	if err == nil {
-		if merr := s.markFailed(ctx, r.videoID, "transcode cancelled"); merr != nil {
-			s.log.WarnContext(ctx, "job.mark_failed", "job_id", id, "err", merr)
+	// A job between two attempts moves from running to queued and back: each round
+	// catches it in one of them, unless it keeps moving.
+	for round := 0; ; round++ {
+		r, err := s.store.settle(ctx, id, workerv1.JobState_JOB_STATE_CANCELLED, "cancelled", workerv1.JobState_JOB_STATE_QUEUED)
+		if err == nil {
+			if merr := s.markFailed(ctx, r.videoID, "transcode cancelled"); merr != nil {
+				s.log.WarnContext(ctx, "job.mark_failed", "job_id", id, "err", merr)
+			}
+			s.publish(ctx, s.log, events.TranscodeFailed(Source, r.videoID, id, "cancelled", true))
+			s.log.InfoContext(ctx, "job.cancelled", "job_id", id, "while", "queued")
+			return &workerv1.CancelJobResponse{Job: r.proto(time.Now())}, nil
 		}
-		s.publish(ctx, s.log, events.TranscodeFailed(Source, r.videoID, id, "cancelled", true))
-		s.log.InfoContext(ctx, "job.cancelled", "job_id", id, "while", "queued")
-		return &workerv1.CancelJobResponse{Job: r.proto(time.Now())}, nil
-	}
-	if !errors.Is(err, ErrJobState) {
-		return nil, connectError(err)
-	}
-	if err := s.store.requestCancel(ctx, id, cancelByCaller); err != nil {
-		if _, gerr := s.store.get(ctx, id); gerr != nil {
+		if !errors.Is(err, ErrJobState) {
+			return nil, connectError(err)
+		}
+		err = s.store.requestCancel(ctx, id, cancelByCaller)
+		if err == nil {
+			break
+		}
+		if !errors.Is(err, ErrJobState) {
+			return nil, connectError(err)
+		}
+		r, gerr := s.store.get(ctx, id)
+		switch {
+		case gerr != nil:
 			return nil, connectError(gerr)
+		case r.state == workerv1.JobState_JOB_STATE_CANCELLED:
+			return nil, connectError(fmt.Errorf("%w: job %s is already cancelled", ErrJobState, id))
+		case finished(r.state):
+			return nil, connectError(fmt.Errorf("%w: job %s has already ended (%v); only queued or running jobs are cancelled", ErrJobState, id, r.state))
+		case round >= 2:
+			return nil, connectError(err)
 		}
-		return nil, connectError(err)
 	}
 	s.stopLocal(id, errCancelled)
 	wctx, cancel := context.WithTimeout(ctx, cancelWait)
 	defer cancel()
 	for {
-		r, err = s.store.get(ctx, id)
+		r, err := s.store.get(ctx, id)
 		if err != nil {
 			return nil, connectError(err)
 		}
-		if r.state != workerv1.JobState_JOB_STATE_RUNNING {
-			break
+		if r.state != workerv1.JobState_JOB_STATE_RUNNING || wctx.Err() != nil {
+			return &workerv1.CancelJobResponse{Job: r.proto(time.Now())}, nil
 		}
 		sleep(wctx, 50*time.Millisecond)
-		if wctx.Err() != nil {
-			break
-		}
 	}
-	return &workerv1.CancelJobResponse{Job: r.proto(time.Now())}, nil
 }

@@ -4,8 +4,10 @@ import (
 	"context"
 	"database/sql"
 	"encoding/base64"
+	"encoding/json"
 	"errors"
 	"fmt"
+	"hash/fnv"
 	"strconv"
 	"strings"
 	"time"
@@ -21,7 +23,7 @@ var (
 	// running job, cancelling a finished one).
 	ErrJobState = errors.New("worker: job state does not allow this")
 	// ErrBadPageToken means a ListJobs page token was not one this service issued.
-	ErrBadPageToken = errors.New("worker: bad page token")
+	ErrBadPageToken = errors.New("worker: bad page_token")
 	// errBusy means another worker holds the job, or another job of the same video runs.
 	errBusy = errors.New("worker: job or video busy")
 	// errLeaseLost means this worker no longer holds the job it was running.
@@ -337,18 +339,25 @@ func (s *store) markDeadLettered(ctx context.Context, id string) error {
 	return nil
 }
 
-// requeue gives a failed, dead or cancelled job a fresh attempt budget and returns it with
-// its retry generation bumped. undo puts it back if its message cannot be queued.
-func (s *store) requeue(ctx context.Context, id string) (r *jobRow, undo func(context.Context), err error) {
-	old, err := s.get(ctx, id)
-	if err != nil {
-		return nil, nil, err
-	}
+// retryable fails with ErrJobState unless old may be retried: it failed, died or was
+// cancelled.
+func retryable(old *jobRow) error {
 	switch old.state {
 	case workerv1.JobState_JOB_STATE_FAILED, workerv1.JobState_JOB_STATE_DEAD, workerv1.JobState_JOB_STATE_CANCELLED:
-	default:
-		return nil, nil, fmt.Errorf("%w: job %s is %v; only failed, dead or cancelled jobs are retried", ErrJobState, id, old.state)
+		return nil
 	}
+	return fmt.Errorf("%w: job %s is %v; only failed, dead or cancelled jobs are retried", ErrJobState, old.id, old.state)
+}
+
+// requeue gives old, a failed, dead or cancelled job as read before, a fresh attempt budget
+// and returns it with its retry generation bumped. It fails with ErrJobState when the job
+// changed since old was read (another RetryJob got there first). undo puts the job back
+// as old was, if its message cannot be queued.
+func (s *store) requeue(ctx context.Context, old *jobRow) (r *jobRow, undo func(context.Context), err error) {
+	if err := retryable(old); err != nil {
+		return nil, nil, err
+	}
+	id := old.id
 	res, err := s.db.ExecContext(ctx, `UPDATE jobs SET state = ?, charged = 0, retries = retries + 1, enqueued = 0,
 		dead_lettered = 0, cancel_requested = 0, error = '', next_attempt_us = 0, update_us = ? WHERE id = ? AND state = ? AND retries = ?`,
 		int32(workerv1.JobState_JOB_STATE_QUEUED), time.Now().UnixMicro(), id, int32(old.state), old.retries)
@@ -359,8 +368,10 @@ func (s *store) requeue(ctx context.Context, id string) (r *jobRow, undo func(co
 		return nil, nil, fmt.Errorf("%w: job %s changed meanwhile", ErrJobState, id)
 	}
 	undo = func(ctx context.Context) {
-		_, _ = s.db.ExecContext(ctx, `UPDATE jobs SET state = ?, error = ?, dead_lettered = ?, update_us = ? WHERE id = ? AND state = ? AND enqueued = 0`,
-			int32(old.state), old.errText, old.deadLettered, time.Now().UnixMicro(), id, int32(workerv1.JobState_JOB_STATE_QUEUED))
+		_, _ = s.db.ExecContext(ctx, `UPDATE jobs SET state = ?, charged = ?, retries = ?, enqueued = ?, dead_lettered = ?,
+			cancel_requested = ?, error = ?, next_attempt_us = ?, update_us = ? WHERE id = ? AND state = ? AND enqueued = 0 AND retries = ?`,
+			int32(old.state), old.charged, old.retries, old.enqueued, old.deadLettered, int32(old.cancel), old.errText,
+			old.nextAttempt.UnixMicro(), old.updated.UnixMicro(), id, int32(workerv1.JobState_JOB_STATE_QUEUED), old.retries+1)
 	}
 	r, err = s.get(ctx, id)
 	return r, undo, err
@@ -456,12 +467,12 @@ func (s *store) list(ctx context.Context, f jobFilter, limit int, token string) 
 		args = append(args, f.videoID)
 	}
 	if token != "" {
-		us, id, err := parseToken(token)
+		p, err := s.checkToken(ctx, token, f)
 		if err != nil {
 			return nil, "", err
 		}
 		where = append(where, "(create_us < ? OR (create_us = ? AND id < ?))")
-		args = append(args, us, us, id)
+		args = append(args, p.CreateUS, p.CreateUS, p.ID)
 	}
 	args = append(args, limit+1)
 	rows, err := s.db.QueryContext(ctx, `SELECT `+jobColumns+` FROM jobs WHERE `+strings.Join(where, " AND ")+
@@ -485,20 +496,60 @@ func (s *store) list(ctx context.Context, f jobFilter, limit int, token string) 
 	if len(out) > limit {
 		out = out[:limit]
 		last := out[limit-1]
-		next = base64.RawURLEncoding.EncodeToString([]byte(strconv.FormatInt(last.created.UnixMicro(), 10) + ":" + last.id))
+		next = encodeToken(pageToken{CreateUS: last.created.UnixMicro(), ID: last.id, Filter: f.fingerprint()})
 	}
 	return out, next, nil
 }
 
-func parseToken(token string) (int64, string, error) {
+// pageToken is the position inside a ListJobs page token: the last job of the page before
+// (its creation time and id, which never change) and the filters it was listed with.
+// Callers treat tokens as opaque.
+type pageToken struct {
+	CreateUS int64  `json:"t"`
+	ID       string `json:"i"`
+	// Filter fingerprints the filters, so a token replayed with other filters is refused
+	// instead of silently skipping jobs.
+	Filter string `json:"f"`
+}
+
+// fingerprint identifies the filters of f.
+func (f jobFilter) fingerprint() string {
+	h := fnv.New64a()
+	// Fields are separated by a byte none can contain (kind and video id are checked
+	// against their patterns).
+	for _, v := range []string{strconv.Itoa(int(f.state)), f.kind, f.videoID} {
+		_, _ = h.Write([]byte(v))
+		_, _ = h.Write([]byte{0})
+	}
+	return strconv.FormatUint(h.Sum64(), 36)
+}
+
+func encodeToken(p pageToken) string {
+	b, _ := json.Marshal(p) // cannot fail
+	return base64.RawURLEncoding.EncodeToString(b)
+}
+
+// checkToken returns the position in token, refusing with ErrBadPageToken anything
+// ListJobs did not issue for the filters f: text that is not exactly the encoding of a
+// position (junk appended, a line break, which the base64 and JSON decoders would
+// skip), a malformed or made-up position (the job it names must exist with that
+// creation time), or a token of a listing with other filters.
+func (s *store) checkToken(ctx context.Context, token string, f jobFilter) (pageToken, error) {
+	var p pageToken
 	raw, err := base64.RawURLEncoding.DecodeString(token)
-	if err != nil {
-		return 0, "", fmt.Errorf("%w: %w", ErrBadPageToken, err)
+	if err != nil || json.Unmarshal(raw, &p) != nil || p.CreateUS <= 0 || !validID(p.ID) || encodeToken(p) != token {
+		return p, fmt.Errorf("%w: malformed", ErrBadPageToken)
 	}
-	usText, id, ok := strings.Cut(string(raw), ":")
-	us, err := strconv.ParseInt(usText, 10, 64)
-	if !ok || err != nil || id == "" {
-		return 0, "", ErrBadPageToken
+	if p.Filter != f.fingerprint() {
+		return p, fmt.Errorf("%w: it belongs to a listing with other filters", ErrBadPageToken)
 	}
-	return us, id, nil
+	var created int64
+	err = s.db.QueryRowContext(ctx, `SELECT create_us FROM jobs WHERE id = ?`, p.ID).Scan(&created)
+	switch {
+	case errors.Is(err, sql.ErrNoRows) || (err == nil && created != p.CreateUS):
+		return p, fmt.Errorf("%w: ListJobs never issued it", ErrBadPageToken)
+	case err != nil:
+		return p, fmt.Errorf("worker: list jobs: %w", err)
+	}
+	return p, nil
 }

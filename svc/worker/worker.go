@@ -83,6 +83,8 @@ var (
 	ErrPublish = errors.New("worker: publish")
 	// ErrCleanup means a deleted video's files could not be removed; the event is retried.
 	ErrCleanup = errors.New("worker: cleanup")
+	// ErrVideoGone means the job's video was deleted, so the job cannot run again.
+	ErrVideoGone = errors.New("worker: video gone")
 )
 
 // Publisher stores domain events; the platform gives the worker an outbox, so events are
@@ -405,7 +407,7 @@ func connectError(err error) error {
 	switch {
 	case errors.Is(err, ErrJobNotFound):
 		return connect.NewError(connect.CodeNotFound, err)
-	case errors.Is(err, ErrJobState):
+	case errors.Is(err, ErrJobState), errors.Is(err, ErrVideoGone):
 		return connect.NewError(connect.CodeFailedPrecondition, err)
 	case errors.Is(err, ErrBadPageToken):
 		return connect.NewError(connect.CodeInvalidArgument, err)

@@ -1,6 +1,8 @@
 package worker_test
 
 import (
+	"encoding/base64"
+	"encoding/json"
 	"errors"
 	"os"
 	"path/filepath"
@@ -449,8 +451,9 @@ func TestCancelJob(t *testing.T) {
 		t.Errorf("a job cancelled while queued was transcoded %d times", n)
 	}
 	for _, id := range []string{qJob.GetId(), runJob.GetId()} {
-		if _, err := grpc.CancelJob(t.Context(), &workerv1.CancelJobRequest{Id: id}); connect.CodeOf(err) != connect.CodeFailedPrecondition {
-			t.Errorf("cancel of a cancelled job: %v, want failed_precondition", err)
+		_, err := grpc.CancelJob(t.Context(), &workerv1.CancelJobRequest{Id: id})
+		if connect.CodeOf(err) != connect.CodeFailedPrecondition || !strings.Contains(err.Error(), "already cancelled") {
+			t.Errorf("cancel of a cancelled job: %v, want failed_precondition saying it is already cancelled", err)
 		}
 	}
 
@@ -618,6 +621,10 @@ func TestJobsAPI(t *testing.T) {
 	}
 	for _, p := range protocols {
 		client := e.workerClient(w.url, p.opts...)
+		page1, err := client.ListJobs(t.Context(), &workerv1.ListJobsRequest{PageSize: 1})
+		if err != nil || page1.GetNextPageToken() == "" {
+			t.Fatalf("first page: %v, %v; want a next page token", page1, err)
+		}
 		t.Run(p.name+"/list", func(t *testing.T) {
 			cases := []struct {
 				name   string
@@ -638,6 +645,13 @@ func TestJobsAPI(t *testing.T) {
 				{name: "undefined state", req: &workerv1.ListJobsRequest{State: 99}, code: connect.CodeInvalidArgument},
 				{name: "forged page token", req: &workerv1.ListJobsRequest{PageToken: "bm9wZQ"}, code: connect.CodeInvalidArgument},
 				{name: "page token not base64", req: &workerv1.ListJobsRequest{PageToken: "%%%"}, code: connect.CodeInvalidArgument},
+				{name: "made-up position", req: &workerv1.ListJobsRequest{PageToken: b64(strconv.FormatInt(time.Now().UnixMicro(), 10) + ":zzzz")}, code: connect.CodeInvalidArgument},
+				{name: "made-up job in a real token", req: &workerv1.ListJobsRequest{PageToken: reissue(t, page1.GetNextPageToken(), "zzzz")}, code: connect.CodeInvalidArgument},
+				{name: "junk appended to a real token", req: &workerv1.ListJobsRequest{PageToken: page1.GetNextPageToken() + "QUFB"}, code: connect.CodeInvalidArgument},
+				{name: "one junk character appended", req: &workerv1.ListJobsRequest{PageToken: page1.GetNextPageToken() + "A"}, code: connect.CodeInvalidArgument},
+				{name: "line break appended", req: &workerv1.ListJobsRequest{PageToken: page1.GetNextPageToken() + "\n"}, code: connect.CodeInvalidArgument},
+				{name: "token of other filters", req: &workerv1.ListJobsRequest{PageToken: page1.GetNextPageToken(), State: workerv1.JobState_JOB_STATE_SUCCEEDED}, code: connect.CodeInvalidArgument},
+				{name: "real token", req: &workerv1.ListJobsRequest{PageToken: page1.GetNextPageToken()}, videos: []string{bad, ok}},
 			}
 			for _, tc := range cases {
 				res, err := client.ListJobs(t.Context(), tc.req)
@@ -727,4 +741,30 @@ func TestJobsAPI(t *testing.T) {
 			}
 		})
 	}
+}
+
+func b64(s string) string { return base64.RawURLEncoding.EncodeToString([]byte(s)) }
+
+// reissue returns token with the job id inside replaced, encoded as ListJobs encodes it: a
+// well-formed token of a position ListJobs never issued.
+func reissue(t *testing.T, token, id string) string {
+	t.Helper()
+	raw, err := base64.RawURLEncoding.DecodeString(token)
+	if err != nil {
+		t.Fatalf("decode page token: %v", err)
+	}
+	var p struct {
+		T int64  `json:"t"`
+		I string `json:"i"`
+		F string `json:"f"`
+	}
+	if err := json.Unmarshal(raw, &p); err != nil || p.I == "" {
+		t.Fatalf("page token %q is not a position: %v", raw, err)
+	}
+	p.I = id
+	b, err := json.Marshal(p)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return base64.RawURLEncoding.EncodeToString(b)
 }

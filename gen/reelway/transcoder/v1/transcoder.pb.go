@@ -505,9 +505,9 @@ type WatchTranscodeResponse struct {
 	Stage   TranscodeStage         `protobuf:"varint,3,opt,name=stage,proto3,enum=reelway.transcoder.v1.TranscodeStage" json:"stage,omitempty"`
 	// percent of the whole transcode done, 0 to 100.
 	Percent float64 `protobuf:"fixed64,4,opt,name=percent,proto3" json:"percent,omitempty"`
-	// renditions the current stage produces. The encoding stage makes every rung in one
-	// ffmpeg run (the source is decoded once), so they progress together; packaging names
-	// the rendition remuxed into the MP4 download.
+	// renditions of the transcode: while queued and encoding, the rungs being made (one
+	// ffmpeg run makes them all, decoding the source once, so they progress together); from
+	// packaging on, the renditions made, which at done are all of them.
 	Renditions []string `protobuf:"bytes,5,rep,name=renditions,proto3" json:"renditions,omitempty"`
 	// error says why a FAILED transcode failed.
 	Error         string `protobuf:"bytes,6,opt,name=error,proto3" json:"error,omitempty"`
