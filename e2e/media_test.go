@@ -28,6 +28,7 @@ import (
 	transcoderv1 "github.com/reelway/reelway/gen/reelway/transcoder/v1"
 	"github.com/reelway/reelway/gen/reelway/transcoder/v1/transcoderv1connect"
 	"github.com/reelway/reelway/svc/streaming"
+	"google.golang.org/protobuf/types/known/fieldmaskpb"
 )
 
 // The media test set, generated once per test binary and kept small: the machine has two
@@ -276,6 +277,15 @@ func TestPrivatePlaybackThroughGateway(t *testing.T) {
 	}
 	_, err = tc.Transcode(ctx, &transcoderv1.TranscodeRequest{VideoId: "privatevideo2"})
 	must(t, err, "transcode privatevideo2")
+	// The test drives the transcoder itself, so it does the worker's part too: a video is
+	// only playable once metadata says READY.
+	for _, id := range []string{"privatevideo1", "privatevideo2"} {
+		_, err := meta.UpdateVideo(ctx, &metadatav1.UpdateVideoRequest{
+			Video:      &metadatav1.Video{Id: id, Status: metadatav1.VideoStatus_VIDEO_STATUS_READY},
+			UpdateMask: &fieldmaskpb.FieldMask{Paths: []string{"status"}},
+		})
+		must(t, err, "mark %s ready", id)
+	}
 
 	playback := func(id, bearer string) (*streamingv1.GetPlaybackResponse, error) {
 		cctx, ci := connect.NewClientContext(ctx)

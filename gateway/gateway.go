@@ -42,9 +42,9 @@ var (
 	ErrDeadline = errors.New("gateway: deadline exceeded")
 	// ErrMethodNotAllowed means a plain route does not serve the request's method.
 	ErrMethodNotAllowed = errors.New("gateway: method not allowed")
-	// ErrBadPath means the request path has a dot segment or an encoded slash, which no
-	// route serves and which must not reach a backend.
-	ErrBadPath = errors.New("gateway: path with a dot segment or an encoded slash")
+	// ErrBadPath means the request path has an empty segment, a dot segment or an
+	// encoded slash, which no route serves and which must not reach a backend.
+	ErrBadPath = errors.New("gateway: path with an empty segment, a dot segment or an encoded slash")
 )
 
 // Routes is what the gateway needs from the registry.
@@ -71,7 +71,8 @@ const deadlineBackstop = 100 * time.Millisecond
 // Options tune a gateway; the zero value is the production default.
 type Options struct {
 	// Timeout is the deadline given to unary RPCs that carry none (0: DefaultTimeout,
-	// negative: none). Streaming RPCs and upload/HLS transfers never get one.
+	// negative: none). A unary call's deadline bounds the whole call, the reading of its
+	// request body included. Streaming RPCs and upload/HLS transfers never get one.
 	Timeout time.Duration
 	// CORSOrigins lists the browser origins allowed besides the gateway's own; "*"
 	// allows any origin.
@@ -99,6 +100,7 @@ type Gateway struct {
 	transport *transport
 	buffers   *sync.Pool // RPC bodies: messages are small
 	transfers *sync.Pool // plain-route bodies: segments, downloads, uploads
+	watches   sync.Pool  // *bodyWatch, with their timers
 	errw      *connect.ErrorWriter
 
 	mu       sync.RWMutex
@@ -250,6 +252,17 @@ type call struct {
 	deadline   time.Time
 	// timeoutHeader is the header that forwards the remaining time ("" for none).
 	timeoutHeader string
+	// watch bounds the read of a unary call's request body by deadline (nil: unbounded,
+	// as for streams and transfers); watchGen is its arming.
+	watch    *bodyWatch
+	watchGen uint64
+}
+
+// bodyIn tells the call's watch, if any, that the request body is in.
+func (c *call) bodyIn() {
+	if c.watch != nil {
+		c.watch.stop(c.watchGen)
+	}
 }
 
 type callKey struct{}
@@ -277,8 +290,12 @@ func (g *Gateway) serve(w http.ResponseWriter, r *http.Request) {
 			writePlainError(w, http.StatusNotFound, "not_found", "no route for "+r.URL.Path)
 			return
 		}
-		if !g.errw.IsSupported(r) {
-			g.metrics.failed("unknown", rpc.WireHTTP, http.StatusUnsupportedMediaType, 0)
+		if !supportedRPC(r) {
+			route := "unknown"
+			if m := g.methods[r.URL.Path]; m != nil {
+				route = m.route
+			}
+			g.metrics.failed(route, rpc.WireHTTP, http.StatusUnsupportedMediaType, 0)
 			writeUnsupportedMediaType(w, r)
 			return
 		}
@@ -318,6 +335,10 @@ func (g *Gateway) serve(w http.ResponseWriter, r *http.Request) {
 		}
 		g.writeError(w, r, c, connect.NewError(connect.CodeUnavailable, err))
 		return
+	}
+	if c.unary && !c.deadline.IsZero() && r.ContentLength != 0 && r.Body != nil && r.Body != http.NoBody {
+		c.watch, c.watchGen = g.watchBody(w, c.deadline)
+		defer g.releaseWatch(c.watch, c.watchGen)
 	}
 	ctx := r.Context()
 	if !c.deadline.IsZero() {
@@ -400,17 +421,20 @@ func (g *Gateway) proxyError(w http.ResponseWriter, r *http.Request, err error) 
 	}
 	code := connect.CodeUnavailable
 	cause := ErrBackendUnavailable
+	level := slog.LevelWarn
 	switch {
+	case errors.Is(err, errLateBody):
+		// Checked first: on HTTP/1 the failed body read also cancelled the request.
+		code = connect.CodeDeadlineExceeded
+		cause = ErrDeadline
+		level = slog.LevelDebug
 	case errors.Is(r.Context().Err(), context.Canceled):
 		code = connect.CodeCanceled
 		cause = context.Canceled
+		level = slog.LevelDebug
 	case errors.Is(r.Context().Err(), context.DeadlineExceeded) || errors.Is(err, context.DeadlineExceeded):
 		code = connect.CodeDeadlineExceeded
 		cause = ErrDeadline
-	}
-	level := slog.LevelWarn
-	if code == connect.CodeCanceled {
-		level = slog.LevelDebug
 	}
 	g.log.Log(r.Context(), level, "proxy.error", "route", c.route, "code", code.String(), "err", err)
 	if c.wire == rpc.WireHTTP {
@@ -462,17 +486,4 @@ func writePlainError(w http.ResponseWriter, status int, code, msg string) {
 	w.Header().Set("Content-Type", "application/json")
 	w.WriteHeader(status)
 	fmt.Fprintf(w, "{\"code\":%q,\"message\":%q}\n", code, msg)
-}
-
-// writeUnsupportedMediaType answers an RPC path whose content type no RPC protocol
-// uses, as Connect handlers do: 415 with the accepted types.
-func writeUnsupportedMediaType(w http.ResponseWriter, r *http.Request) {
-	w.Header().Set("Accept-Post", strings.Join([]string{
-		"application/grpc", "application/grpc+json", "application/grpc+proto",
-		"application/grpc-web", "application/grpc-web+json", "application/grpc-web+proto",
-		"application/json", "application/proto",
-		"application/connect+json", "application/connect+proto",
-	}, ", "))
-	writePlainError(w, http.StatusUnsupportedMediaType, "invalid_argument",
-		fmt.Sprintf("unsupported content type %q for %s %s", r.Header.Get("Content-Type"), r.Method, r.URL.Path))
 }

@@ -254,7 +254,14 @@ func TestGatewayRoutingErrors(t *testing.T) {
 		{"plain route without backend", http.MethodGet, "/v1/hls/abc/master.m3u8", "", http.StatusServiceUnavailable, `"unavailable"`},
 		{"no route", http.MethodGet, "/nothing-here", "", http.StatusNotFound, `"not_found"`},
 		{"unsupported content type", http.MethodPost, "/reelway.cache.v1.CacheService/Get", "text/plain", http.StatusUnsupportedMediaType, `unsupported content type`},
-		{"unknown codec (the backend's 415)", http.MethodPost, "/reelway.cache.v1.CacheService/Get", "application/x-www-form-urlencoded", http.StatusUnsupportedMediaType, ``},
+		{"unknown codec", http.MethodPost, "/reelway.cache.v1.CacheService/Get", "application/x-www-form-urlencoded", http.StatusUnsupportedMediaType, `unsupported content type`},
+		{"xml", http.MethodPost, "/reelway.cache.v1.CacheService/Get", "application/xml", http.StatusUnsupportedMediaType, `unsupported content type`},
+		{"xml with charset", http.MethodPost, "/reelway.cache.v1.CacheService/Get", "Application/XML; charset=utf-8", http.StatusUnsupportedMediaType, `unsupported content type`},
+		{"grpc with an unknown codec", http.MethodPost, "/reelway.cache.v1.CacheService/Get", "application/grpc+xml", http.StatusUnsupportedMediaType, `unsupported content type`},
+		{"connect stream with an unknown codec", http.MethodPost, "/reelway.cache.v1.CacheService/Get", "application/connect+xml", http.StatusUnsupportedMediaType, `unsupported content type`},
+		{"a longer type", http.MethodPost, "/reelway.cache.v1.CacheService/Get", "application/jsonx", http.StatusUnsupportedMediaType, `unsupported content type`},
+		{"connect get with an unknown encoding", http.MethodGet, "/reelway.cache.v1.CacheService/Get?encoding=xml&message=%3Ckey%3Ek%3C%2Fkey%3E", "", http.StatusUnsupportedMediaType, `unsupported encoding \"xml\"`},
+		{"unknown procedure with an unknown codec", http.MethodPost, "/reelway.cache.v1.CacheService/Nope", "application/xml", http.StatusUnsupportedMediaType, `unsupported content type`},
 		{"bad connect timeout", http.MethodPost, "/reelway.cache.v1.CacheService/Get", "application/json", http.StatusBadRequest, `"invalid_argument"`},
 	}
 	for _, tt := range tests {
@@ -278,7 +285,49 @@ func TestGatewayRoutingErrors(t *testing.T) {
 			if ct := resp.Header.Get("Content-Type"); strings.Contains(ct, "html") {
 				t.Fatalf("HTML error: %s", ct)
 			}
+			// The gateway's own 415 names what to send instead.
+			if tt.wantCode == http.StatusUnsupportedMediaType {
+				want := []string{"application/grpc", "application/grpc-web+proto", "application/json", "application/proto", "application/connect+json"}
+				if tt.method == http.MethodGet {
+					want = []string{"json or proto"}
+				} else if accept := resp.Header.Get("Accept-Post"); !strings.Contains(accept, "application/grpc, ") {
+					t.Errorf("Accept-Post %q", accept)
+				}
+				for _, w := range want {
+					if !strings.Contains(string(b), w) || resp.Header.Get("Content-Type") != "application/json" {
+						t.Errorf("415 without %q: %s %q", w, resp.Header.Get("Content-Type"), b)
+					}
+				}
+			}
 		})
+	}
+	// Every content type of the three protocols, in any case and with parameters, and
+	// Connect GETs in either encoding, still reach the backend.
+	accepted := []struct {
+		method, query, ctype, body string
+	}{
+		{http.MethodPost, "", "application/json", `{"key":"k"}`},
+		{http.MethodPost, "", "application/json; charset=utf-8", `{"key":"k"}`},
+		{http.MethodPost, "", "Application/JSON", `{"key":"k"}`},
+		{http.MethodPost, "", "application/proto", "\x0a\x01k"},
+		{http.MethodGet, "?encoding=json&message=%7B%22key%22%3A%22k%22%7D", "", ""},
+		{http.MethodGet, "?message=CgFr&encoding=proto&base64=1", "", ""},
+	}
+	for _, a := range accepted {
+		calls := f.calls()
+		req, _ := http.NewRequest(a.method, f.gateway+"/reelway.cache.v1.CacheService/Get"+a.query, strings.NewReader(a.body))
+		if a.ctype != "" {
+			req.Header.Set("Content-Type", a.ctype)
+		}
+		resp, err := http.DefaultClient.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		b, _ := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		if resp.StatusCode != http.StatusOK || f.calls() != calls+1 {
+			t.Errorf("%s %q %q: %d %q (backend calls %d → %d)", a.method, a.query, a.ctype, resp.StatusCode, b, calls, f.calls())
+		}
 	}
 	// A gRPC caller with a bad grpc-timeout gets a gRPC status, not an HTTP error.
 	req, _ := http.NewRequest(http.MethodPost, f.gateway+"/reelway.cache.v1.CacheService/Get", strings.NewReader(""))
@@ -775,6 +824,75 @@ func TestMalformedFramesDoNotEjectBackend(t *testing.T) {
 	for _, p := range protocols() {
 		if _, err := p.cache(f.gateway).Get(context.Background(), &cachev1.GetRequest{Key: "k"}); err != nil {
 			t.Fatalf("%s: valid call after malformed frames: %v", p.name, err)
+		}
+	}
+}
+
+// TestGatewayMetricsCountConnectErrorCodes checks that calls are counted under the code
+// the caller gets, in every protocol: for Connect unary errors the HTTP status stands for
+// several codes (409: already_exists or aborted), so the code comes from the error body;
+// a handler's answer that carries no code (a bodyless 415 or 405) is counted under its
+// HTTP status.
+func TestGatewayMetricsCountConnectErrorCodes(t *testing.T) {
+	f := setup(t, 1, gateway.Options{})
+	codes := []connect.Code{
+		connect.CodeAlreadyExists, connect.CodeAborted, connect.CodeFailedPrecondition,
+		connect.CodeOutOfRange, connect.CodePermissionDenied, connect.CodeDataLoss,
+	}
+	for _, p := range protocols() {
+		for _, code := range codes {
+			_, err := p.cache(f.gateway).Get(context.Background(), &cachev1.GetRequest{Key: "code:" + code.String()})
+			if connect.CodeOf(err) != code {
+				t.Fatalf("%s: want %v, got %v", p.name, code, err)
+			}
+		}
+	}
+	// Bodyless refusals from the backend's handlers: a streaming content type on a unary
+	// method (415) and a GET of a method with side effects (405).
+	refusals := []struct {
+		method, path, ctype string
+		want                int
+	}{
+		{http.MethodPost, "/reelway.cache.v1.CacheService/Get", "application/connect+json", http.StatusUnsupportedMediaType},
+		{http.MethodGet, "/reelway.metadata.v1.MetadataService/CreateVideo?encoding=json&message=%7B%7D", "", http.StatusMethodNotAllowed},
+	}
+	for _, r := range refusals {
+		req, _ := http.NewRequest(r.method, f.gateway+r.path, strings.NewReader(`{"key":"k"}`))
+		if r.ctype != "" {
+			req.Header.Set("Content-Type", r.ctype)
+		}
+		resp, err := http.DefaultClient.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		_, _ = io.ReadAll(resp.Body)
+		resp.Body.Close()
+		if resp.StatusCode != r.want {
+			t.Fatalf("%s %s: %d, want %d", r.method, r.path, resp.StatusCode, r.want)
+		}
+	}
+	if _, err := protocols()[0].cache(f.gateway).Get(context.Background(), &cachev1.GetRequest{Key: "k"}); err != nil {
+		t.Fatal(err)
+	}
+	m := metrics(t, f.gateway)
+	const get, create = "/reelway.cache.v1.CacheService/Get", "/reelway.metadata.v1.MetadataService/CreateVideo"
+	want := []struct{ route, code, n string }{
+		{get, "ok", "1"},
+		{get, "415", "1"},
+		{create, "405", "1"},
+		// What the HTTP statuses alone would have said.
+		{get, "unknown", ""},
+		{get, "invalid_argument", ""},
+		{get, "internal", ""},
+		{create, "unknown", ""},
+	}
+	for _, code := range codes {
+		want = append(want, struct{ route, code, n string }{get, code.String(), fmt.Sprint(len(protocols()))})
+	}
+	for _, w := range want {
+		series := `reelway_gateway_requests_total{code="` + w.code + `",route="` + w.route + `"}`
+		if got := metric(m, series); got != w.n {
+			t.Errorf("%s = %q, want %q", series, got, w.n)
 		}
 	}
 }

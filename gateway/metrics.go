@@ -1,8 +1,11 @@
 package gateway
 
 import (
+	"bytes"
+	"io"
 	"net/http"
 	"strconv"
+	"strings"
 
 	"connectrpc.com/connect"
 	"github.com/failsafe-go/failsafe-go/circuitbreaker"
@@ -26,7 +29,7 @@ func newMetrics(reg *prometheus.Registry, g *Gateway) *metrics {
 		reg: reg,
 		requests: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "reelway_gateway_requests_total",
-			Help: "Requests by route (procedure or plain prefix) and final code (RPC code name, or HTTP status on plain routes).",
+			Help: "Requests by route (procedure or plain prefix) and final code (RPC code name, or HTTP status on plain routes and for RPC answers without a code).",
 		}, []string{"route", "code"}),
 		retries: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "reelway_gateway_retries_total",
@@ -62,6 +65,11 @@ func (m *metrics) transition(id string, _, to circuitbreaker.State) {
 // done counts a finished request.
 func (m *metrics) done(route string, wire rpc.Wire, end rpc.End) {
 	m.requests.WithLabelValues(route, codeLabel(wire, end.Status, end.Code)).Inc()
+}
+
+// doneLabel counts a finished request under a code label worked out by the caller.
+func (m *metrics) doneLabel(route, code string) {
+	m.requests.WithLabelValues(route, code).Inc()
 }
 
 // failed counts a request the gateway answered itself.
@@ -125,4 +133,82 @@ func (c backendCollector) Collect(ch chan<- prometheus.Metric) {
 		ch <- prometheus.MustNewConstMetric(c.descBreaker, prometheus.GaugeValue, v, id)
 		ch <- prometheus.MustNewConstMetric(c.descInflt, prometheus.GaugeValue, float64(be.inflight.Load()), id)
 	}
+}
+
+// errorBody labels an RPC answer whose HTTP status is not 200. For a Connect unary error
+// it keeps the start of the body as it passes to the caller, so the call is counted under
+// the code the backend wrote there: the status alone cannot tell (409 is already_exists
+// or aborted, 400 invalid_argument, failed_precondition or out_of_range, 500 internal,
+// unknown or data_loss). Any other such answer (a handler's bodyless 415 or 405, in any
+// protocol) carries no RPC code at all, and is counted under its HTTP status. Answers with
+// status 200 are not watched: a successful call costs nothing more.
+type errorBody struct {
+	rc   io.ReadCloser
+	json bool // a Connect unary error body, JSON as Connect writes it
+	head [128]byte
+	n    int
+}
+
+// watchErrorBody returns an errorBody for an RPC answer whose status is not 200 (nil for
+// any other), in front of its body when that may hold a Connect error.
+func watchErrorBody(resp *http.Response, wire rpc.Wire) *errorBody {
+	if wire == rpc.WireHTTP || resp.StatusCode == http.StatusOK {
+		return nil
+	}
+	b := &errorBody{}
+	if wire == rpc.WireConnectUnary && resp.Body != nil && resp.Body != http.NoBody && resp.Header.Get("Content-Encoding") == "" {
+		ct, _, _ := strings.Cut(resp.Header.Get("Content-Type"), ";")
+		if strings.EqualFold(strings.TrimSpace(ct), "application/json") {
+			b.rc, b.json = resp.Body, true
+			resp.Body = b
+		}
+	}
+	return b
+}
+
+func (b *errorBody) Read(p []byte) (int, error) {
+	n, err := b.rc.Read(p)
+	if b.n < len(b.head) {
+		b.n += copy(b.head[b.n:], p[:n])
+	}
+	return n, err
+}
+
+func (b *errorBody) Close() error { return b.rc.Close() }
+
+// label is the code label of the answer read to its end: the "code" field of its Connect
+// JSON error body (connect-go writes it first), else the HTTP status, which is what is
+// certain about an answer that carries no RPC code.
+func (b *errorBody) label(status int) string {
+	if b.json {
+		if c, ok := jsonErrorCode(b.head[:b.n]); ok {
+			return c.String()
+		}
+	}
+	return strconv.Itoa(status)
+}
+
+// jsonErrorCode finds the "code" member of a Connect JSON error in the start of its body.
+func jsonErrorCode(head []byte) (connect.Code, bool) {
+	i := bytes.Index(head, []byte(`"code"`))
+	if i < 0 {
+		return 0, false
+	}
+	rest := bytes.TrimLeft(head[i+len(`"code"`):], " \t\r\n")
+	if len(rest) == 0 || rest[0] != ':' {
+		return 0, false
+	}
+	rest = bytes.TrimLeft(rest[1:], " \t\r\n")
+	if len(rest) == 0 || rest[0] != '"' {
+		return 0, false
+	}
+	name, _, ok := bytes.Cut(rest[1:], []byte(`"`))
+	if !ok {
+		return 0, false
+	}
+	var c connect.Code
+	if err := c.UnmarshalText(name); err != nil {
+		return 0, false
+	}
+	return c, true
 }

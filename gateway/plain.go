@@ -75,16 +75,17 @@ func (g *Gateway) refuseMethod(w http.ResponseWriter, r *http.Request, p *plainP
 		fmt.Sprintf("%v: %s %s (allowed: %s)", ErrMethodNotAllowed, r.Method, p.route, p.allow))
 }
 
-// refuseUncleanPaths is put in front of the gateway's mux. A path with a "." or ".."
-// segment, raw or percent-encoded, or with an encoded slash, gets 400 in the gateway's
-// JSON error format. The mux would answer a raw one with an HTML redirect to the cleaned
-// path, and pass an encoded one through to a backend, which decodes it into a traversal.
+// refuseUncleanPaths is put in front of the gateway's mux. A path with an empty segment
+// ("//"), a "." or ".." segment, raw or percent-encoded, or with an encoded slash, gets
+// 400 in the gateway's JSON error format. The mux would answer a raw one with a 307
+// redirect to the cleaned path and an HTML body (which an RPC client or an uploader
+// cannot use, and which a POST body would not survive), and pass an encoded one through
+// to a backend, which decodes it into a traversal.
 //
-// 400 rather than 404: clients remove dot segments before sending (RFC 3986 §5.2.4) and
-// no resource of the platform is named with them or with a slash inside a segment, so
-// such a request is malformed (or probing), and a proxy must not guess which path was
-// meant. Double slashes are left to the mux (a redirect to the cleaned path, which is
-// harmless).
+// 400 rather than 404 or a redirect: clients remove dot segments before sending (RFC 3986
+// §5.2.4), and no resource of the platform is named with an empty segment, a dot segment
+// or a slash inside a segment, so such a request is malformed (or probing), and a proxy
+// must not guess which path was meant.
 func (g *Gateway) refuseUncleanPaths(next http.Handler) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		if !uncleanPath(r.URL) {
@@ -101,10 +102,15 @@ func (g *Gateway) refuseUncleanPaths(next http.Handler) http.Handler {
 	})
 }
 
-// uncleanPath says whether u's path has a dot segment (after percent-decoding) or an
-// encoded slash. The common case, a path without "/.", costs one substring search.
+// uncleanPath says whether u's path has an empty segment, a dot segment (after
+// percent-decoding) or an encoded slash. The common case, a path without "//" or "/.",
+// costs two substring searches. A trailing slash is not an empty segment: it names a
+// collection (the tus creation endpoint is /v1/uploads/tus/).
 func uncleanPath(u *url.URL) bool {
 	p := u.Path
+	if strings.Contains(p, "//") {
+		return true
+	}
 	for {
 		i := strings.Index(p, "/.")
 		if i < 0 {

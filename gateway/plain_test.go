@@ -362,9 +362,9 @@ func TestGatewayPlainRouteMethods(t *testing.T) {
 	}
 }
 
-// TestGatewayRefusesTraversal sends paths with dot segments, raw or percent-encoded, and
-// encoded slashes, as curl --path-as-is does: each gets the gateway's plain 400 (no
-// redirect, no HTML) and none reaches a backend.
+// TestGatewayRefusesTraversal sends paths with dot segments, raw or percent-encoded,
+// encoded slashes and empty segments, as curl --path-as-is does: each gets the gateway's
+// plain 400 (no redirect, no HTML) and none reaches a backend.
 func TestGatewayRefusesTraversal(t *testing.T) {
 	f := setup(t, 1, gateway.Options{})
 	up := f.addPlainBackend(t, "upload", mountUpload)
@@ -390,6 +390,18 @@ func TestGatewayRefusesTraversal(t *testing.T) {
 		"/%2e%2e/etc/passwd",
 		"/reelway.cache.v1.CacheService/../Get",
 		"/v1/hls/../../reelway.cache.v1.CacheService/Get",
+		// Empty segments: the mux would redirect them, with an HTML body.
+		"/v1/hls/abc//master.m3u8",
+		"//v1/hls/abc/master.m3u8",
+		"/v1/hls//abc/master.m3u8",
+		"/v1/hls/abc/master.m3u8//",
+		"/v1//uploads?title=x",
+		"//v1/uploads?title=x",
+		"/v1/uploads//tus/abc",
+		"/v1/uploads/tus//",
+		"/reelway.cache.v1.CacheService//Get",
+		"//reelway.cache.v1.CacheService/Get",
+		"//",
 	}
 	for _, path := range bad {
 		for _, method := range []string{http.MethodGet, http.MethodPost} {
@@ -412,7 +424,7 @@ func TestGatewayRefusesTraversal(t *testing.T) {
 		}
 	}
 	// Over h2c too (the client sends the request target as given).
-	for _, path := range []string{"/v1/hls/../../etc/passwd", "/v1/hls/%2e%2e/%2e%2e/etc/passwd", "/v1/hls/..%2F..%2Fetc%2Fpasswd"} {
+	for _, path := range []string{"/v1/hls/../../etc/passwd", "/v1/hls/%2e%2e/%2e%2e/etc/passwd", "/v1/hls/..%2F..%2Fetc%2Fpasswd", "/v1/hls/abc//master.m3u8"} {
 		t.Run("h2c "+path, func(t *testing.T) {
 			req, _ := http.NewRequest(http.MethodGet, f.gateway, nil)
 			req.URL = &url.URL{Scheme: "http", Host: req.URL.Host, Opaque: path}

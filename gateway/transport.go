@@ -11,6 +11,7 @@ import (
 	"math/rand/v2"
 	"net"
 	"net/http"
+	"os"
 	"strconv"
 	"strings"
 	"sync/atomic"
@@ -92,6 +93,11 @@ func (t *transport) RoundTrip(req *http.Request) (*http.Response, error) {
 		resp, err := base.RoundTrip(out)
 		if err != nil {
 			be.inflight.Add(-1)
+			if body.late() {
+				// The caller's body missed the deadline: not the backend's doing.
+				permit.Done(rpc.OutcomeIgnored)
+				return nil, errLateBody
+			}
 			permit.Done(rpc.ErrorOutcome(ctx, err))
 			lastErr = err
 			if ctx.Err() != nil {
@@ -122,9 +128,14 @@ func (t *transport) RoundTrip(req *http.Request) (*http.Response, error) {
 			continue
 		}
 		route, wire := c.route, c.wire
+		eb := watchErrorBody(resp, wire)
 		rpc.WatchResponse(ctx, resp, wire, true, func(end rpc.End) {
 			be.inflight.Add(-1)
 			permit.Done(end.Outcome)
+			if eb != nil && end.Err == nil {
+				g.metrics.doneLabel(route, eb.label(end.Status))
+				return
+			}
 			g.metrics.done(route, wire, end)
 		})
 		return resp, nil
@@ -368,15 +379,19 @@ func newAttemptBody(req *http.Request, c *call) (*attemptBody, error) {
 	if c.idempotent && !c.streamBody && req.ContentLength <= maxReplayBytes {
 		buf, complete, err := readSmall(req.Body, req.ContentLength)
 		if err != nil {
+			if errors.Is(err, os.ErrDeadlineExceeded) {
+				return nil, errLateBody
+			}
 			return nil, err
 		}
 		if complete {
+			c.bodyIn()
 			return &attemptBody{buf: buf, length: int64(len(buf))}, nil
 		}
 		// Longer than the cap: what was read goes first, the rest streams.
 		req.Body = readCloser{io.MultiReader(bytes.NewReader(buf), req.Body), req.Body}
 	}
-	return &attemptBody{guard: &guardBody{rc: req.Body}, length: req.ContentLength}, nil
+	return &attemptBody{guard: &guardBody{rc: req.Body, watch: c.watch, gen: c.watchGen}, length: req.ContentLength}, nil
 }
 
 // readSmall reads a body of at most maxReplayBytes; complete is false when it is longer,
@@ -433,16 +448,33 @@ func (b *attemptBody) replayable() bool { return b.guard == nil }
 // intact says whether no attempt has consumed any of the body.
 func (b *attemptBody) intact() bool { return b.guard == nil || !b.guard.touched.Load() }
 
+// late says whether the caller's body did not arrive before the call's deadline.
+func (b *attemptBody) late() bool { return b.guard != nil && b.guard.late.Load() }
+
 // guardBody notes whether a streamed body was read, and keeps an untouched body open when
-// a failed attempt's transport closes it, so another attempt can still send it.
+// a failed attempt's transport closes it, so another attempt can still send it. It tells
+// a unary call's body watch when the body is in, and notes a read the watch cut.
 type guardBody struct {
 	rc      io.ReadCloser
+	watch   *bodyWatch
+	gen     uint64
 	touched atomic.Bool
+	late    atomic.Bool
 }
 
 func (g *guardBody) Read(p []byte) (int, error) {
 	g.touched.Store(true)
-	return g.rc.Read(p)
+	n, err := g.rc.Read(p)
+	if err != nil && g.watch != nil {
+		switch {
+		case errors.Is(err, io.EOF):
+			g.watch.stop(g.gen)
+		case errors.Is(err, os.ErrDeadlineExceeded):
+			g.late.Store(true)
+			err = errLateBody
+		}
+	}
+	return n, err
 }
 
 func (g *guardBody) Close() error {

@@ -8,6 +8,7 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"net/http"
 	"strconv"
 	"strings"
@@ -149,10 +150,18 @@ func (b *Backend) enter(ctx context.Context) error {
 	return nil
 }
 
-// Get answers found=true with the key as value; "missing" is not_found with a detail.
+// Get answers found=true with the key as value; "missing" is not_found with a detail,
+// and "code:<name>" fails with the Connect code of that name (already_exists, say).
 func (b *Backend) Get(ctx context.Context, req *cachev1.GetRequest) (*cachev1.GetResponse, error) {
 	if err := b.enter(ctx); err != nil {
 		return nil, err
+	}
+	if name, ok := strings.CutPrefix(req.GetKey(), "code:"); ok {
+		var code connect.Code
+		if err := code.UnmarshalText([]byte(name)); err != nil {
+			return nil, connect.NewError(connect.CodeInvalidArgument, err)
+		}
+		return nil, connect.NewError(code, fmt.Errorf("%w: %s", ErrInjected, name))
 	}
 	if req.GetKey() == "missing" {
 		err := connect.NewError(connect.CodeNotFound, errors.New("no such key"))
