@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"net"
 	"net/http"
 	"os"
 	"os/exec"
@@ -108,7 +109,9 @@ func TestBenchMedia(t *testing.T) {
 
 	nginxURL := startNginx(t, p.dataDir)
 	streamingURL := streamingBase(t, p.gateway)
-	targets := []struct{ name, url string }{{"nginx (static)", nginxURL}, {"streaming service", streamingURL}, {"gateway → streaming", p.gateway}}
+	stdlibURL := startFileServer(t, filepath.Join(p.dataDir, "hls"))
+	targets := []struct{ name, url string }{{"nginx (static)", nginxURL}, {"Go http.FileServer (static)", stdlibURL},
+		{"streaming service", streamingURL}, {"gateway → streaming", p.gateway}}
 	// Other work on the machine moves absolute rates by tens of percent from one run to the
 	// next, so each round measures the three targets back to back and the verdict uses the
 	// median over rounds of each target's ratio to nginx within its round.
@@ -145,7 +148,8 @@ func TestBenchMedia(t *testing.T) {
 		time.Now().UTC().Format("2006-01-02"), runtime.NumCPU(), cpuModel(), runs, servingRounds, loadAvg())
 	fmt.Fprintf(&md, "### Segment serving\n\n")
 	fmt.Fprintf(&md, "wrk 1 thread, 16 keep-alive connections, %s per run, cycling through all %d segments of every rendition of the 60 s clip "+
-		"(%.1f MiB in total, %.0f KiB mean). nginx %s serves the same folder statically (sendfile on, access log on, workers auto). "+
+		"(%.1f MiB in total, %.0f KiB mean). nginx %s serves the same folder statically (sendfile on, access log on, workers auto), and so does a bare "+
+		"`http.FileServer` in the test process (Go's standard library with nothing added, the floor for any net/http server). "+
 		"Each round runs the three targets back to back (the order rotating); the ratio to nginx is taken within each round and "+
 		"its median over the rounds is the verdict, because the machine's other work moves absolute rates between runs far more "+
 		"than between neighbouring runs.\n\n",
@@ -312,6 +316,19 @@ func streamingBase(t *testing.T, gateway string) string {
 	}
 	t.Fatal("no streaming endpoint in the route table")
 	return ""
+}
+
+// startFileServer serves dir under /v1/hls/ with Go's own http.FileServer and nothing
+// else (no logging, no lookups): the floor any net/http file server starts from, to tell
+// the streaming service's own costs from the standard library's.
+func startFileServer(t *testing.T, dir string) string {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	must(t, err, "listen")
+	srv := &http.Server{Handler: http.StripPrefix("/v1/hls/", http.FileServer(http.Dir(dir))), ReadHeaderTimeout: 10 * time.Second}
+	go func() { _ = srv.Serve(ln) }()
+	t.Cleanup(func() { _ = srv.Close() })
+	return "http://" + ln.Addr().String()
 }
 
 // startNginx serves <dataDir>/hls under /v1/hls/ with a stock-like configuration.
