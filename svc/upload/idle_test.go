@@ -10,6 +10,7 @@ import (
 	"io"
 	"net"
 	"net/http"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -137,6 +138,35 @@ func TestStalledUpload(t *testing.T) {
 				}
 				return nil
 			})
+		})
+	}
+
+	// A tus PATCH without a checksum stalls: 408 too (tusd alone says 500), and the bytes
+	// that arrived stay stored, so the client resumes from there.
+	for _, tc := range []struct {
+		name, length string
+	}{
+		{"tus PATCH with Content-Length", "Content-Length: 5000\r\n"},
+		{"tus PATCH chunked", "Transfer-Encoding: chunked\r\n"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			e := newEnv(t)
+			base := e.startUpload(t, upload.Config{IdleTimeout: testIdle}, e.bus, e.meta)
+			c := &tusClient{base: base, c: e.h2c}
+			loc := c.mustCreate(t, 5000, "Stalled")
+			body := part
+			if strings.HasPrefix(tc.length, "Transfer-Encoding") {
+				body = append(fmt.Appendf(nil, "%x\r\n", len(part)), append(slices.Clone(part), "\r\n"...)...)
+			}
+			res, answer := rawRequest(t, base, fmt.Sprintf("PATCH %s%s HTTP/1.1\r\nTus-Resumable: 1.0.0\r\nContent-Type: application/offset+octet-stream\r\n"+
+				"Upload-Offset: 0\r\n%s", upload.TusPath, idOf(t, loc), tc.length), body)
+			if res.StatusCode != http.StatusRequestTimeout || !strings.HasPrefix(answer, "ERR_READ_TIMEOUT") {
+				t.Errorf("PATCH = %d %q, want 408 ERR_READ_TIMEOUT", res.StatusCode, answer)
+			}
+			checkMsg(t, answer)
+			if status, off := c.offset(t, loc); status != http.StatusOK || off != len(part) {
+				t.Errorf("HEAD after the stalled PATCH = %d offset %d, want 200 offset %d", status, off, len(part))
+			}
 		})
 	}
 

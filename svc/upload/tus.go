@@ -202,6 +202,8 @@ func (t *tusServer) serve(w http.ResponseWriter, r *http.Request) {
 					return
 				}
 			}
+		} else {
+			r.Body = &stallBody{body: r.Body, idle: t.s.cfg.IdleTimeout}
 		}
 		if r.ContentLength < 0 {
 			b := newBoundedBody(r.Body, creation)

@@ -7,6 +7,7 @@ import (
 	"io"
 	"net/http"
 	"strconv"
+	"time"
 
 	"connectrpc.com/connect"
 	metadatav1 "github.com/reelway/reelway/gen/reelway/metadata/v1"
@@ -145,3 +146,26 @@ func (t *tusServer) discardCreated(ctx context.Context, up handler.Upload, id st
 	t.publishFailed(fctx, id, "upload aborted: "+ErrSizeExceeded.Error())
 	log.InfoContext(ctx, "upload.tus_discarded", "reason", "creation body longer than Upload-Length")
 }
+
+// stallBody is a tus request body whose read that ends at tusd's network timeout (the
+// idle timeout) fails with a tus 408 ERR_READ_TIMEOUT. tusd would answer a client that
+// stopped sending with 500, as if the server had failed. The bytes that arrived before
+// the stall stay stored, so the client resumes from the offset HEAD reports.
+type stallBody struct {
+	body io.ReadCloser
+	idle time.Duration
+}
+
+var _ io.ReadCloser = (*stallBody)(nil)
+
+func (b *stallBody) Read(p []byte) (int, error) {
+	n, err := b.body.Read(p)
+	if err != nil && timedOut(err) {
+		// A handler.Error is what tusd answers with as it is; it is no net.Error, so
+		// tusd does not turn it back into its own 500.
+		return n, tusError(idleError(b.idle))
+	}
+	return n, err
+}
+
+func (b *stallBody) Close() error { return b.body.Close() }
