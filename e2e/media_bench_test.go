@@ -13,6 +13,7 @@ import (
 	"path/filepath"
 	"regexp"
 	"runtime"
+	"runtime/pprof"
 	"slices"
 	"strconv"
 	"strings"
@@ -107,13 +108,13 @@ func TestBenchMedia(t *testing.T) {
 	lua.WriteString("}\nlocal i = 0\nrequest = function()\n  i = i + 1\n  return wrk.format(\"GET\", paths[(i % #paths) + 1])\nend\n")
 	must(t, os.WriteFile(script, []byte(lua.String()), 0o644), "write wrk script")
 
-	nginxURL := startNginx(t, p.dataDir)
 	streamingURL := streamingBase(t, p.gateway)
+	nginxURL, nginxProxyURL := startNginx(t, p.dataDir, strings.TrimPrefix(streamingURL, "http://"))
 	stdlibURL := startFileServer(t, filepath.Join(p.dataDir, "hls"))
 	targets := []struct{ name, url string }{{"nginx (static)", nginxURL}, {"Go http.FileServer (static)", stdlibURL},
-		{"streaming service", streamingURL}, {"gateway → streaming", p.gateway}}
+		{"streaming service", streamingURL}, {"gateway → streaming", p.gateway}, {"nginx proxy → streaming", nginxProxyURL}}
 	// Other work on the machine moves absolute rates by tens of percent from one run to the
-	// next, so each round measures the three targets back to back and the verdict uses the
+	// next, so each round measures every target back to back and the verdict uses the
 	// median over rounds of each target's ratio to nginx within its round.
 	servingRounds := 5
 	if v, err := strconv.Atoi(os.Getenv("REELWAY_BENCH_SERVING_ROUNDS")); err == nil && v > 0 {
@@ -125,7 +126,9 @@ func TestBenchMedia(t *testing.T) {
 		// Rotate the order so no target always runs first (or right after the same one).
 		for i := range targets {
 			tg := targets[(i+round)%len(targets)]
+			stop := profileServing(t, round, tg.name)
 			results[tg.name] = append(results[tg.name], runWrk(t, tg.url, script))
+			stop()
 		}
 		base := results["nginx (static)"][round].bytesPerSec
 		for _, tg := range targets {
@@ -150,7 +153,10 @@ func TestBenchMedia(t *testing.T) {
 	fmt.Fprintf(&md, "wrk 1 thread, 16 keep-alive connections, %s per run, cycling through all %d segments of every rendition of the 60 s clip "+
 		"(%.1f MiB in total, %.0f KiB mean). nginx %s serves the same folder statically (sendfile on, access log on, workers auto), and so does a bare "+
 		"`http.FileServer` in the test process (Go's standard library with nothing added, the floor for any net/http server). "+
-		"Each round runs the three targets back to back (the order rotating); the ratio to nginx is taken within each round and "+
+		"As a reference for the gateway path, the same nginx also proxies to the streaming service the way the gateway does "+
+		"(HTTP/1.1 keep-alive upstream, `proxy_buffering off`, 256 KiB `proxy_buffer_size`, the gateway's copy buffer): one more loopback "+
+		"TCP hop, whose kernel work (a receive and a send of every byte) is the same for any proxy. "+
+		"Each round runs every target back to back (the order rotating); the ratio to nginx is taken within each round and "+
 		"its median over the rounds is the verdict, because the machine's other work moves absolute rates between runs far more "+
 		"than between neighbouring runs.\n\n",
 		wrkDuration, len(paths), float64(segBytes)/(1<<20), float64(segBytes)/float64(len(paths))/1024, nginxVersion())
@@ -171,6 +177,14 @@ func TestBenchMedia(t *testing.T) {
 		}
 		fmt.Fprintf(&md, "| %s | %.0f | %.1f | %s | %.2f× | %s |\n", tg.name, median(rpsN), median(bpsN), strings.Join(per, ", "), ratio, goal)
 	}
+	var vsProxy []float64
+	var per []string
+	for i, r := range results["gateway → streaming"] {
+		vsProxy = append(vsProxy, r.bytesPerSec/results["nginx proxy → streaming"][i].bytesPerSec)
+		per = append(per, fmt.Sprintf("%.2f", vsProxy[len(vsProxy)-1]))
+	}
+	fmt.Fprintf(&md, "\nGateway → streaming over nginx proxy → streaming (the same hop made by nginx), per round: %s; median %.2f×.\n",
+		strings.Join(per, ", "), median(vsProxy))
 	// Other work on the machine moves wall times between runs far more than the pipeline
 	// adds, so the verdict uses what one run measures on both sides at once: the pipeline's
 	// wall time over the time its own ffmpeg encode (the command above) took inside it.
@@ -331,11 +345,14 @@ func startFileServer(t *testing.T, dir string) string {
 	return "http://" + ln.Addr().String()
 }
 
-// startNginx serves <dataDir>/hls under /v1/hls/ with a stock-like configuration.
-func startNginx(t *testing.T, dataDir string) string {
+// startNginx serves <dataDir>/hls under /v1/hls/ with a stock-like configuration, and
+// on a second port proxies /v1/hls/ to upstream (host:port) the way the gateway does:
+// HTTP/1.1 with kept-alive upstream connections, unbuffered, 256 KiB reads (the gateway's
+// copy buffer). It returns both base URLs.
+func startNginx(t *testing.T, dataDir, upstream string) (static, proxy string) {
 	t.Helper()
 	dir := t.TempDir()
-	port := freePort(t)
+	port, proxyPort := freePort(t), freePort(t)
 	conf := fmt.Sprintf(`daemon off;
 user root;
 worker_processes auto;
@@ -358,8 +375,21 @@ http {
     listen 127.0.0.1:%[2]d;
     location /v1/hls/ { alias %[3]s/hls/; }
   }
+  upstream streaming { server %[4]s; keepalive 64; keepalive_requests 1000000; }
+  server {
+    listen 127.0.0.1:%[5]d;
+    location /v1/hls/ {
+      proxy_pass http://streaming;
+      proxy_http_version 1.1;
+      proxy_set_header Connection "";
+      proxy_buffering off;
+      proxy_buffer_size 256k;
+      proxy_buffers 4 256k;
+      proxy_busy_buffers_size 512k;
+    }
+  }
 }
-`, dir, port, dataDir)
+`, dir, port, dataDir, upstream, proxyPort)
 	path := filepath.Join(dir, "nginx.conf")
 	must(t, os.WriteFile(path, []byte(conf), 0o644), "write nginx.conf")
 	cmd := exec.Command("nginx", "-c", path, "-p", dir)
@@ -376,16 +406,18 @@ http {
 			_ = cmd.Process.Kill()
 		}
 	})
-	base := "http://127.0.0.1:" + strconv.Itoa(port)
+	static, proxy = "http://127.0.0.1:"+strconv.Itoa(port), "http://127.0.0.1:"+strconv.Itoa(proxyPort)
 	waitFor(t, 10*time.Second, "nginx", func() error {
-		resp, err := http.Get(base + "/")
-		if err != nil {
-			return fmt.Errorf("%w: %s", err, stderr.String())
+		for _, base := range []string{static, proxy} {
+			resp, err := http.Get(base + "/")
+			if err != nil {
+				return fmt.Errorf("%w: %s", err, stderr.String())
+			}
+			resp.Body.Close()
 		}
-		resp.Body.Close()
 		return nil
 	})
-	return base
+	return static, proxy
 }
 
 type wrkResult struct {
@@ -465,4 +497,27 @@ func writeSection(file, section string) error {
 		text = strings.TrimRight(text, "\n") + "\n\n" + block
 	}
 	return os.WriteFile(file, []byte(text), 0o644)
+}
+
+// profileServing writes a CPU profile of this process (the platform, nginx aside) during
+// the first round of each serving target when REELWAY_BENCH_PROFILE names a folder, so
+// the serving paths can be profiled under the benchmark's own load. It returns the stop.
+func profileServing(t *testing.T, round int, target string) func() {
+	dir := os.Getenv("REELWAY_BENCH_PROFILE")
+	if dir == "" || round > 0 {
+		return func() {}
+	}
+	name := strings.Map(func(r rune) rune {
+		if r >= 'a' && r <= 'z' || r >= '0' && r <= '9' {
+			return r
+		}
+		return '-'
+	}, strings.ToLower(target))
+	f, err := os.Create(filepath.Join(dir, name+".pprof"))
+	must(t, err, "create profile")
+	must(t, pprof.StartCPUProfile(f), "start profile")
+	return func() {
+		pprof.StopCPUProfile()
+		must(t, f.Close(), "close profile")
+	}
 }
