@@ -72,6 +72,12 @@ func postgresMigrations() []string {
 			WHERE deleted_at IS NULL;
 		CREATE INDEX videos_live_search ON videos USING GIN (search)
 			WHERE deleted_at IS NULL;`,
+
+		// 2: search folds accents (SearchWords). Every row is indexed again: search_text
+		// becomes NULL until OpenPostgres computes the new words.
+		`ALTER TABLE videos ALTER COLUMN search_text DROP NOT NULL, ALTER COLUMN search_text DROP DEFAULT;
+		UPDATE videos SET search_text = NULL;
+		CREATE INDEX IF NOT EXISTS videos_unindexed ON videos (id) WHERE search_text IS NULL;`,
 	}
 }
 
@@ -97,7 +103,12 @@ func OpenPostgres(ctx context.Context, url string) (*Postgres, error) {
 		pool.Close()
 		return nil, err
 	}
-	return &Postgres{pool: pool, desc: desc}, nil
+	s := &Postgres{pool: pool, desc: desc}
+	if err := s.indexUnindexed(ctx); err != nil {
+		pool.Close()
+		return nil, err
+	}
+	return s, nil
 }
 
 // Describe names the database without credentials, for logs.
@@ -142,6 +153,41 @@ func migratePostgres(ctx context.Context, pool *pgxpool.Pool, steps []string) er
 		return fmt.Errorf("%w: commit migrations: %w", ErrStore, err)
 	}
 	return nil
+}
+
+// indexUnindexed computes search_text for the rows that have none (every row once after
+// schema version 2 changed the words), in batches so a large table is not locked for
+// long. Two processes doing this at once write the same values.
+func (s *Postgres) indexUnindexed(ctx context.Context) error {
+	const batch = 500
+	for {
+		rows, err := s.pool.Query(ctx, `SELECT id, title, description, tags FROM videos
+			WHERE search_text IS NULL ORDER BY id LIMIT $1`, batch)
+		if err != nil {
+			return fmt.Errorf("%w: find unindexed videos: %w", ErrStore, err)
+		}
+		var ids, texts []string
+		for rows.Next() {
+			var v metadatav1.Video
+			if err := rows.Scan(&v.Id, &v.Title, &v.Description, &v.Tags); err != nil {
+				rows.Close()
+				return fmt.Errorf("%w: find unindexed videos: %w", ErrStore, err)
+			}
+			ids, texts = append(ids, v.Id), append(texts, searchText(&v))
+		}
+		rows.Close()
+		if err := rows.Err(); err != nil {
+			return fmt.Errorf("%w: find unindexed videos: %w", ErrStore, err)
+		}
+		if len(ids) == 0 {
+			return nil
+		}
+		if _, err := s.pool.Exec(ctx, `UPDATE videos SET search_text = u.text
+			FROM unnest($1::text[], $2::text[]) AS u(id, text)
+			WHERE videos.id = u.id AND videos.search_text IS NULL`, ids, texts); err != nil {
+			return fmt.Errorf("%w: index videos: %w", ErrStore, err)
+		}
+	}
 }
 
 // Close closes the pool.

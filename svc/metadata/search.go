@@ -5,6 +5,9 @@ import (
 	"unicode"
 
 	metadatav1 "github.com/reelway/reelway/gen/reelway/metadata/v1"
+	"golang.org/x/text/runes"
+	"golang.org/x/text/transform"
+	"golang.org/x/text/unicode/norm"
 )
 
 const (
@@ -16,7 +19,9 @@ const (
 )
 
 // SearchWords splits s into the words search indexes and matches: maximal runs of Unicode
-// letters and digits, lower-cased rune by rune and cut to maxWordRunes. Both backends
+// letters and digits, lower-cased rune by rune, without accents (canonical decomposition,
+// nonspacing marks removed, recomposed: "Café" and "cafe" are one word, as users expect of
+// a search box) and cut to maxWordRunes. Both backends
 // index the text this function produces (words joined by single spaces) rather than the
 // raw fields, and queries go through it too; that is what makes SQLite FTS5 and PostgreSQL
 // full-text search return the same videos for the same query, where their own tokenizers,
@@ -34,7 +39,7 @@ func SearchWords(s string) []string {
 		}
 		n = 0
 	}
-	for _, r := range s {
+	for _, r := range foldAccents(s) {
 		if !unicode.IsLetter(r) && !unicode.IsDigit(r) {
 			flush()
 			continue
@@ -46,6 +51,28 @@ func SearchWords(s string) []string {
 	}
 	flush()
 	return words
+}
+
+// foldAccents removes the accents of s: NFD, then every nonspacing mark dropped, then NFC
+// so that scripts whose letters decompose into letters (Hangul) come back whole.
+func foldAccents(s string) string {
+	if isASCII(s) {
+		return s
+	}
+	out, _, err := transform.String(transform.Chain(norm.NFD, runes.Remove(runes.In(unicode.Mn)), norm.NFC), s)
+	if err != nil {
+		return s // the transformers do not fail on valid or invalid UTF-8; keep the text searchable as it is
+	}
+	return out
+}
+
+func isASCII(s string) bool {
+	for i := range len(s) {
+		if s[i] >= 0x80 {
+			return false
+		}
+	}
+	return true
 }
 
 // searchText is the indexed text of a video: the words of its title, description and tags.

@@ -114,6 +114,10 @@ func sqliteMigrations() []string {
 		CREATE TRIGGER videos_fts_delete AFTER DELETE ON videos BEGIN
 			DELETE FROM videos_fts WHERE rowid = old.seq;
 		END;`,
+
+		// 3: search folds accents (SearchWords). Every row is indexed again: the trigger
+		// drops its old words, and OpenSQLite computes the new ones.
+		`UPDATE videos SET search_text = NULL WHERE search_text IS NOT NULL;`,
 	}
 }
 
@@ -136,7 +140,7 @@ func OpenSQLite(ctx context.Context, path string) (*SQLite, error) {
 }
 
 // indexUnindexed computes search_text for the rows that have none (those migrated from
-// schema version 1), in batches so a large table does not hold the write lock for long.
+// schema version 1, and every row once when schema version 3 changed the words), in batches so a large table does not hold the write lock for long.
 // The FTS triggers index each row as its search_text is set. Two processes doing this at
 // once write the same values.
 func (s *SQLite) indexUnindexed(ctx context.Context) error {
