@@ -2,6 +2,7 @@ package gateway
 
 import (
 	"context"
+	"encoding/base64"
 	"errors"
 	"io"
 	"net"
@@ -92,6 +93,14 @@ func (g *Gateway) forward(ctx context.Context, w http.ResponseWriter, r *http.Re
 	for k, v := range resp.Header {
 		dst[k] = v
 	}
+	text := false
+	if c.text {
+		if ct, ok := textWebType(resp.Header.Get("Content-Type")); ok {
+			dst["Content-Type"] = []string{ct}
+			delete(dst, "Content-Length")
+			text = true
+		}
+	}
 	announced := len(resp.Trailer)
 	if announced > 0 {
 		keys := make([]string, 0, announced)
@@ -111,10 +120,16 @@ func (g *Gateway) forward(ctx context.Context, w http.ResponseWriter, r *http.Re
 	bp := pool.Get().(*[]byte)
 	defer pool.Put(bp)
 	buf := *bp
+	var enc []byte // base64 of one read, for gRPC-Web text callers
 	for {
 		n, rerr := resp.Body.Read(buf)
 		if n > 0 {
-			if _, werr := w.Write(buf[:n]); werr != nil {
+			out := buf[:n]
+			if text {
+				enc = base64.StdEncoding.AppendEncode(enc[:0], out)
+				out = enc
+			}
+			if _, werr := w.Write(out); werr != nil {
 				return // the caller went away: the watched body records it as ignored
 			}
 			if flush {

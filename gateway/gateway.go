@@ -256,6 +256,9 @@ type call struct {
 	// as for streams and transfers); watchGen is its arming.
 	watch    *bodyWatch
 	watchGen uint64
+	// text: the caller speaks gRPC-Web text, translated to binary gRPC-Web for the
+	// backend (wire is then WireGRPCWeb).
+	text bool
 }
 
 // bodyIn tells the call's watch, if any, that the request body is in.
@@ -339,6 +342,17 @@ func (g *Gateway) serve(w http.ResponseWriter, r *http.Request) {
 	if c.unary && !c.deadline.IsZero() && r.ContentLength != 0 && r.Body != nil && r.Body != http.NoBody {
 		c.watch, c.watchGen = g.watchBody(w, c.deadline)
 		defer g.releaseWatch(c.watch, c.watchGen)
+	}
+	if c.wire == rpc.WireGRPCWebText {
+		if err := readTextRequest(r, c); err != nil {
+			code := connect.CodeInvalidArgument
+			if errors.Is(err, errLateBody) {
+				code, err = connect.CodeDeadlineExceeded, ErrDeadline
+			}
+			g.writeError(w, r, c, connect.NewError(code, err))
+			return
+		}
+		c.wire = rpc.WireGRPCWeb
 	}
 	ctx := r.Context()
 	if !c.deadline.IsZero() {
@@ -449,6 +463,12 @@ func (g *Gateway) proxyError(w http.ResponseWriter, r *http.Request, err error) 
 // end-of-stream message, gRPC trailers-only or gRPC-Web trailers.
 func (g *Gateway) writeError(w http.ResponseWriter, r *http.Request, c *call, err error) {
 	g.metrics.failed(c.route, c.wire, connectHTTPStatus(connect.CodeOf(err)), connect.CodeOf(err))
+	if c.text || c.wire == rpc.WireGRPCWebText {
+		// connect's error writer knows binary gRPC-Web only: a trailers-only answer is
+		// the same in both, bar the content type.
+		r.Header.Set("Content-Type", binaryWebType(r.Header.Get("Content-Type")))
+		w = &textWriter{ResponseWriter: w}
+	}
 	if werr := g.errw.Write(w, r, err); werr != nil {
 		g.log.DebugContext(r.Context(), "error.write", "err", werr)
 	}

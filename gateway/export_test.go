@@ -1,0 +1,4 @@
+package gateway
+
+// DecodeText exposes decodeText to the fuzz test.
+var DecodeText = decodeText
