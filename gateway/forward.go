@@ -68,6 +68,10 @@ func (g *Gateway) forward(ctx context.Context, w http.ResponseWriter, r *http.Re
 		}
 		h["X-Forwarded-For"] = []string{ip}
 	}
+	// The gateway is the edge: the host and scheme it saw are the ones backends build
+	// URLs from (tus Locations), never what a caller claims. A caller's Forwarded header
+	// would override them in the backends that read it (tusd does), so it goes.
+	delete(h, "Forwarded")
 	h["X-Forwarded-Host"] = []string{r.Host}
 	h["X-Forwarded-Proto"] = []string{"http"}
 	if _, ok := h["User-Agent"]; !ok {

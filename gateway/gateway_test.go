@@ -510,7 +510,9 @@ func TestGatewayHalfOpenAdmitsBoundedProbes(t *testing.T) {
 }
 
 func TestGatewayRetriesOnlyWhenSafe(t *testing.T) {
-	f := setup(t, 2, gateway.Options{Breaker: rpc.BreakerConfig{FailureThreshold: 50, Window: 100, Delay: time.Minute}})
+	// The bad instance fails about 10 calls per protocol; its breaker must stay closed
+	// through all of them, or the last protocols would never reach it.
+	f := setup(t, 2, gateway.Options{Breaker: rpc.BreakerConfig{FailureThreshold: 500, Window: 1000, Delay: time.Minute}})
 	f.instances[0].backend.SetFault(testbackend.ModeInternal, 0)
 	for _, p := range protocols() {
 		t.Run(p.name, func(t *testing.T) {

@@ -33,6 +33,7 @@ type plainBackend struct {
 	hits  atomic.Int64
 	mu    sync.Mutex
 	paths []string // escaped paths of the requests that reached it
+	heads []http.Header
 	// bodyEnded receives, for each request the backend answered early and then kept
 	// reading (fullDuplex), how many body bytes it got before the body ended.
 	bodyEnded chan int64
@@ -42,7 +43,18 @@ func (b *plainBackend) record(r *http.Request) {
 	b.hits.Add(1)
 	b.mu.Lock()
 	b.paths = append(b.paths, r.URL.EscapedPath())
+	b.heads = append(b.heads, r.Header.Clone())
 	b.mu.Unlock()
+}
+
+// lastHeader returns the headers of the last request that reached the backend.
+func (b *plainBackend) lastHeader() http.Header {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if len(b.heads) == 0 {
+		return nil
+	}
+	return b.heads[len(b.heads)-1]
 }
 
 func (b *plainBackend) seen() []string {
@@ -452,5 +464,55 @@ func TestGatewayRefusesTraversal(t *testing.T) {
 	}
 	if got := st.seen(); len(got) != 4 || got[0] != "/v1/hls/abc/.hidden" || got[2] != "/v1/hls/abc/.../master.m3u8" {
 		t.Fatalf("streaming saw %q", got)
+	}
+}
+
+// TestGatewayForwardingHeaders checks that backends learn the host, scheme and client
+// address the gateway saw, whatever forwarding headers the caller sent: a backend that
+// builds URLs from them (tus Locations) must not point callers elsewhere.
+func TestGatewayForwardingHeaders(t *testing.T) {
+	f := setup(t, 1, gateway.Options{})
+	st := f.addPlainBackend(t, "streaming", mountStreaming)
+	host := strings.TrimPrefix(f.gateway, "http://")
+	tests := []struct {
+		name string
+		hdr  map[string]string
+	}{
+		{"none", nil},
+		{"Forwarded", map[string]string{"Forwarded": `for=10.0.0.1;host="evil.example";proto=https`}},
+		{"X-Forwarded", map[string]string{"X-Forwarded-Host": "evil.example", "X-Forwarded-Proto": "https"}},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			req, err := http.NewRequest(http.MethodGet, f.gateway+"/v1/hls/v1/master.m3u8", nil)
+			if err != nil {
+				t.Fatal(err)
+			}
+			for k, v := range tc.hdr {
+				req.Header.Set(k, v)
+			}
+			resp, err := http.DefaultClient.Do(req)
+			if err != nil {
+				t.Fatal(err)
+			}
+			_, _ = io.Copy(io.Discard, resp.Body)
+			resp.Body.Close()
+			h := st.lastHeader()
+			if h == nil {
+				t.Fatal("the request did not reach the backend")
+			}
+			if got := h.Values("Forwarded"); len(got) != 0 {
+				t.Errorf("backend got Forwarded %q from the caller", got)
+			}
+			if got := h.Values("X-Forwarded-Host"); len(got) != 1 || got[0] != host {
+				t.Errorf("X-Forwarded-Host = %q, want %q", got, host)
+			}
+			if got := h.Values("X-Forwarded-Proto"); len(got) != 1 || got[0] != "http" {
+				t.Errorf("X-Forwarded-Proto = %q, want http", got)
+			}
+			if got := h.Get("X-Forwarded-For"); !strings.HasSuffix(got, "127.0.0.1") {
+				t.Errorf("X-Forwarded-For = %q, want it to end with the caller's address", got)
+			}
+		})
 	}
 }

@@ -158,8 +158,19 @@ func TestStalledUpload(t *testing.T) {
 			if strings.HasPrefix(tc.length, "Transfer-Encoding") {
 				body = append(fmt.Appendf(nil, "%x\r\n", len(part)), append(slices.Clone(part), "\r\n"...)...)
 			}
+			start := time.Now()
 			res, answer := rawRequest(t, base, fmt.Sprintf("PATCH %s%s HTTP/1.1\r\nTus-Resumable: 1.0.0\r\nContent-Type: application/offset+octet-stream\r\n"+
 				"Upload-Offset: 0\r\n%s", upload.TusPath, idOf(t, loc), tc.length), body)
+			// One idle timeout, not two: the server must not wait another one for the
+			// rest of a body it will never use.
+			if took := time.Since(start); took < testIdle || took >= 2*testIdle {
+				t.Errorf("answered after %v, want one idle timeout (%v)", took, testIdle)
+			}
+			// The unread rest of the body cannot be told from a next request, so the
+			// connection must end with this answer.
+			if !res.Close {
+				t.Errorf("the answer keeps the connection open after an unread body")
+			}
 			if res.StatusCode != http.StatusRequestTimeout || !strings.HasPrefix(answer, "ERR_READ_TIMEOUT") {
 				t.Errorf("PATCH = %d %q, want 408 ERR_READ_TIMEOUT", res.StatusCode, answer)
 			}

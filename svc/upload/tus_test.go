@@ -919,3 +919,68 @@ func TestTusManyUploadsAtOnce(t *testing.T) {
 		}
 	})
 }
+
+// TestTusCancelledPatch cancels a PATCH halfway through its body, as a client that gives
+// up does, then goes on with the same client (over HTTP/2 the same connection): the bytes
+// that arrived stay, and the next requests, a resume and a new upload, succeed.
+func TestTusCancelledPatch(t *testing.T) {
+	e := newEnv(t)
+	for name, c := range e.tusClients() {
+		t.Run(name, func(t *testing.T) {
+			data := randomBytes(t, 48<<10)
+			half := len(data) / 2
+			loc := c.mustCreate(t, len(data), "Cancelled")
+			id := idOf(t, loc)
+			ctx, cancel := context.WithCancel(t.Context())
+			pr, pw := io.Pipe()
+			req, err := http.NewRequestWithContext(ctx, http.MethodPatch, loc, pr)
+			if err != nil {
+				t.Fatal(err)
+			}
+			req.ContentLength = int64(len(data))
+			req.Header.Set("Tus-Resumable", "1.0.0")
+			req.Header.Set("Content-Type", "application/offset+octet-stream")
+			req.Header.Set("Upload-Offset", "0")
+			done := make(chan error, 1)
+			go func() {
+				res, err := c.c.Do(req)
+				if err == nil {
+					_ = res.Body.Close()
+					err = fmt.Errorf("the cancelled PATCH answered %d", res.StatusCode)
+				}
+				done <- err
+			}()
+			if _, err := pw.Write(data[:half]); err != nil {
+				t.Fatalf("write half: %v", err)
+			}
+			poll(t, 10*time.Second, "half the body stored", func() error {
+				if n := len(e.tusBytes(t, id)); n != half {
+					return fmt.Errorf("%d bytes stored", n)
+				}
+				return nil
+			})
+			cancel()
+			// The transport waits for its body writer, which waits for the pipe.
+			_ = pw.CloseWithError(context.Canceled)
+			if err := <-done; !errors.Is(err, context.Canceled) {
+				t.Fatalf("cancelled PATCH: %v", err)
+			}
+
+			var off int
+			poll(t, 10*time.Second, "the upload free for a resume", func() error {
+				status, o := c.offset(t, loc)
+				if status != http.StatusOK || o != half {
+					return fmt.Errorf("HEAD = %d offset %d, want 200 offset %d", status, o, half)
+				}
+				off = o
+				return nil
+			})
+			if res, body := c.patch(t, loc, off, data[off:], nil); res.StatusCode != http.StatusNoContent {
+				t.Fatalf("resume: %d %s", res.StatusCode, body)
+			}
+			if res, body := c.create(t, 10, tusMeta("title", "Next"), nil, nil); res.StatusCode != http.StatusCreated {
+				t.Fatalf("creation after the cancelled PATCH: %d %s", res.StatusCode, body)
+			}
+		})
+	}
+}

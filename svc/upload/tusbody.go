@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 	"net/http"
+	"os"
 	"strconv"
 	"time"
 
@@ -161,11 +162,19 @@ var _ io.ReadCloser = (*stallBody)(nil)
 func (b *stallBody) Read(p []byte) (int, error) {
 	n, err := b.body.Read(p)
 	if err != nil && timedOut(err) {
-		// A handler.Error is what tusd answers with as it is; it is no net.Error, so
-		// tusd does not turn it back into its own 500.
-		return n, tusError(idleError(b.idle))
+		return n, stallError{tusError(idleError(b.idle))}
 	}
 	return n, err
 }
 
 func (b *stallBody) Close() error { return b.body.Close() }
+
+// stallError is the error of a stalled tus body. tusd answers with the handler.Error it
+// wraps as it is (it is no net.Error, so tusd does not turn it back into its own 500),
+// and it still is os.ErrDeadlineExceeded, so tusd does not push the connection's read
+// deadline further: the answer goes out at once, and the connection, whose unread body
+// cannot be skipped, is closed instead of waiting another idle timeout for it.
+type stallError struct{ tus handler.Error }
+
+func (e stallError) Error() string   { return e.tus.Error() }
+func (e stallError) Unwrap() []error { return []error{e.tus, os.ErrDeadlineExceeded} }
