@@ -245,7 +245,7 @@ func LoadConfig(service string, args []string, getenv func(string) string) (Conf
 	fs.IntVar(&c.PortOffset, "port-offset", c.PortOffset, "added to every default port (REELWAY_PORT_OFFSET)")
 	fs.StringVar(&c.ConsulAddr, "consul", c.ConsulAddr, "Consul agent host:port; empty = embedded catalog (REELWAY_CONSUL_ADDR)")
 	fs.StringVar(&c.NATSURL, "nats", c.NATSURL, "NATS URL; empty = embedded server in dev (REELWAY_NATS_URL)")
-	fs.IntVar(&c.NATSPort, "nats-port", c.NATSPort, "embedded NATS port in dev; default 4222 + port offset (REELWAY_NATS_PORT)")
+	fs.IntVar(&c.NATSPort, "nats-port", c.NATSPort, "port of the embedded NATS server (dev, nats); default 4222 + port offset (REELWAY_NATS_PORT)")
 	fs.StringVar(&c.DataDir, "data", c.DataDir, "data directory (REELWAY_DATA_DIR)")
 	fs.IntVar(&c.WorkerConcurrency, "worker-concurrency", c.WorkerConcurrency, "jobs one worker process runs at once; 0 = 1 (REELWAY_WORKER_CONCURRENCY)")
 	fs.Int64Var(&c.UploadMaxBytes, "upload-max-bytes", c.UploadMaxBytes, "largest accepted upload (REELWAY_UPLOAD_MAX_BYTES)")

@@ -7,6 +7,7 @@ import (
 	"io"
 	"net"
 	"net/http"
+	"net/url"
 	"os"
 	"strconv"
 	"strings"
@@ -33,7 +34,13 @@ type httpError struct {
 // with the raw file as the body and, optionally, Authorization: Bearer <auth token>.
 func (s *Service) httpHandler() http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		q := r.URL.Query()
+		// A malformed query (title=%zz) is refused rather than read without the field it
+		// garbles, which would store the video under a title the caller did not send.
+		q, err := url.ParseQuery(r.URL.RawQuery)
+		if err != nil {
+			s.writeError(w, r, fmt.Errorf("%w: query string: %w", ErrInvalid, err))
+			return
+		}
 		vis, err := parseVisibility(q.Get("visibility"))
 		if err != nil {
 			s.writeError(w, r, err)

@@ -125,6 +125,7 @@ func TestHTTPUpload(t *testing.T) {
 	cases := []struct {
 		name       string
 		query      url.Values
+		rawQuery   string // sent as it is instead of query
 		body       func(t *testing.T) io.Reader
 		want       []byte // the stored bytes when the upload succeeds
 		wantStatus int
@@ -172,6 +173,13 @@ func TestHTTPUpload(t *testing.T) {
 		{
 			name:       "missing title",
 			query:      url.Values{"filename": {"clip.mp4"}},
+			body:       func(*testing.T) io.Reader { return bytes.NewReader(okBody) },
+			wantStatus: http.StatusBadRequest,
+			wantCode:   "invalid_argument",
+		},
+		{
+			name:       "malformed query",
+			rawQuery:   "title=Fine&description=100%zz",
 			body:       func(*testing.T) io.Reader { return bytes.NewReader(okBody) },
 			wantStatus: http.StatusBadRequest,
 			wantCode:   "invalid_argument",
@@ -256,7 +264,11 @@ func TestHTTPUpload(t *testing.T) {
 					t.Fatal(err)
 				}
 				t.Cleanup(func() { _ = failedSub.Unsubscribe() })
-				req, err := http.NewRequestWithContext(t.Context(), http.MethodPost, e.url+"/v1/uploads?"+tc.query.Encode(), tc.body(t))
+				query := tc.query.Encode()
+				if tc.rawQuery != "" {
+					query = tc.rawQuery
+				}
+				req, err := http.NewRequestWithContext(t.Context(), http.MethodPost, e.url+"/v1/uploads?"+query, tc.body(t))
 				if err != nil {
 					t.Fatal(err)
 				}
