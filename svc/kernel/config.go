@@ -57,6 +57,9 @@ type Config struct {
 	// UploadExpiry is how long a resumable (tus) upload may go without new bytes before
 	// it is deleted and its video failed.
 	UploadExpiry time.Duration
+	// UploadIdleTimeout is how long an upload request body may send nothing before the
+	// request fails with 408 (the bytes a tus upload got stay for a resume).
+	UploadIdleTimeout time.Duration
 	// AuthSecret signs tokens; empty generates one and keeps it in the data directory.
 	AuthSecret Secret
 	// DatabaseURL, when set, is the PostgreSQL database the metadata service keeps videos
@@ -155,26 +158,27 @@ func (c Config) PortFor(service string) int {
 // LoadConfig reads the environment through getenv, then the flags in args.
 func LoadConfig(service string, args []string, getenv func(string) string) (Config, error) {
 	c := Config{
-		Service:         service,
-		Host:            envOr(getenv, "REELWAY_HOST", "127.0.0.1"),
-		ConsulAddr:      getenv("REELWAY_CONSUL_ADDR"),
-		NATSURL:         getenv("REELWAY_NATS_URL"),
-		DataDir:         envOr(getenv, "REELWAY_DATA_DIR", "data"),
-		AuthSecret:      Secret(getenv("REELWAY_AUTH_SECRET")),
-		DatabaseURL:     Secret(getenv("REELWAY_DATABASE_URL")),
-		PlaybackSecret:  Secret(getenv("REELWAY_PLAYBACK_SECRET")),
-		TranscodeLadder: getenv("REELWAY_TRANSCODE_LADDER"),
-		LogLevel:        envOr(getenv, "REELWAY_LOG_LEVEL", "info"),
-		LogFormat:       envOr(getenv, "REELWAY_LOG_FORMAT", "text"),
-		Version:         envOr(getenv, "REELWAY_VERSION", "dev"),
-		UploadMaxBytes:  4 << 30,
-		UploadExpiry:    24 * time.Hour,
-		ShutdownTimeout: 15 * time.Second,
-		DeregisterGrace: time.Second,
-		GatewayTimeout:  30 * time.Second,
-		EventsMaxAge:    7 * 24 * time.Hour,
-		EventsMaxBytes:  1 << 30,
-		NATSPort:        DefaultNATSPort,
+		Service:           service,
+		Host:              envOr(getenv, "REELWAY_HOST", "127.0.0.1"),
+		ConsulAddr:        getenv("REELWAY_CONSUL_ADDR"),
+		NATSURL:           getenv("REELWAY_NATS_URL"),
+		DataDir:           envOr(getenv, "REELWAY_DATA_DIR", "data"),
+		AuthSecret:        Secret(getenv("REELWAY_AUTH_SECRET")),
+		DatabaseURL:       Secret(getenv("REELWAY_DATABASE_URL")),
+		PlaybackSecret:    Secret(getenv("REELWAY_PLAYBACK_SECRET")),
+		TranscodeLadder:   getenv("REELWAY_TRANSCODE_LADDER"),
+		LogLevel:          envOr(getenv, "REELWAY_LOG_LEVEL", "info"),
+		LogFormat:         envOr(getenv, "REELWAY_LOG_FORMAT", "text"),
+		Version:           envOr(getenv, "REELWAY_VERSION", "dev"),
+		UploadMaxBytes:    4 << 30,
+		UploadExpiry:      24 * time.Hour,
+		UploadIdleTimeout: time.Minute,
+		ShutdownTimeout:   15 * time.Second,
+		DeregisterGrace:   time.Second,
+		GatewayTimeout:    30 * time.Second,
+		EventsMaxAge:      7 * 24 * time.Hour,
+		EventsMaxBytes:    1 << 30,
+		NATSPort:          DefaultNATSPort,
 	}
 	var errs []error
 	intEnv := func(name string, dst *int) {
@@ -209,6 +213,7 @@ func LoadConfig(service string, args []string, getenv func(string) string) (Conf
 	intEnv("REELWAY_NATS_PORT", &c.NATSPort)
 	int64Env("REELWAY_UPLOAD_MAX_BYTES", &c.UploadMaxBytes)
 	durEnv("REELWAY_UPLOAD_EXPIRY", &c.UploadExpiry)
+	durEnv("REELWAY_UPLOAD_IDLE_TIMEOUT", &c.UploadIdleTimeout)
 	int64Env("REELWAY_EVENTS_MAX_BYTES", &c.EventsMaxBytes)
 	durEnv("REELWAY_SHUTDOWN_TIMEOUT", &c.ShutdownTimeout)
 	durEnv("REELWAY_DEREGISTER_GRACE", &c.DeregisterGrace)
@@ -249,6 +254,7 @@ func LoadConfig(service string, args []string, getenv func(string) string) (Conf
 	fs.StringVar(&c.DataDir, "data", c.DataDir, "data directory (REELWAY_DATA_DIR)")
 	fs.IntVar(&c.WorkerConcurrency, "worker-concurrency", c.WorkerConcurrency, "jobs one worker process runs at once; 0 = 1 (REELWAY_WORKER_CONCURRENCY)")
 	fs.Int64Var(&c.UploadMaxBytes, "upload-max-bytes", c.UploadMaxBytes, "largest accepted upload (REELWAY_UPLOAD_MAX_BYTES)")
+	fs.DurationVar(&c.UploadIdleTimeout, "upload-idle-timeout", c.UploadIdleTimeout, "how long an upload body may send nothing before it fails with 408 (REELWAY_UPLOAD_IDLE_TIMEOUT)")
 	fs.DurationVar(&c.ShutdownTimeout, "shutdown-timeout", c.ShutdownTimeout, "drain time on shutdown (REELWAY_SHUTDOWN_TIMEOUT)")
 	fs.StringVar(&c.LogLevel, "log-level", c.LogLevel, "debug, info, warn or error (REELWAY_LOG_LEVEL)")
 	fs.StringVar(&c.LogFormat, "log-format", c.LogFormat, "text or json (REELWAY_LOG_FORMAT)")
@@ -278,6 +284,9 @@ func LoadConfig(service string, args []string, getenv func(string) string) (Conf
 	}
 	if c.UploadExpiry <= 0 {
 		return c, fmt.Errorf("%w: REELWAY_UPLOAD_EXPIRY must be positive", ErrConfig)
+	}
+	if c.UploadIdleTimeout <= 0 {
+		return c, fmt.Errorf("%w: upload idle timeout must be positive", ErrConfig)
 	}
 	if c.WorkerConcurrency < 0 || c.WorkerMaxAttempts < 0 || c.WorkerAckWait < 0 {
 		return c, fmt.Errorf("%w: worker concurrency, max attempts and ack wait must not be negative", ErrConfig)
@@ -349,6 +358,7 @@ func (c Config) LogValue() slog.Value {
 		slog.String("log_level", c.LogLevel),
 		slog.Int64("upload_max_bytes", c.UploadMaxBytes),
 		slog.Duration("upload_expiry", c.UploadExpiry),
+		slog.Duration("upload_idle_timeout", c.UploadIdleTimeout),
 		slog.Any("auth_secret", c.AuthSecret),
 		slog.Any("database_url", c.DatabaseURL),
 		slog.Duration("shutdown_timeout", c.ShutdownTimeout),

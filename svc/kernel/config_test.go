@@ -79,6 +79,10 @@ func TestLoadConfig(t *testing.T) {
 		{name: "unknown flag", service: "cache", args: []string{"-nope"}, wantErr: true},
 		{name: "stray argument", service: "cache", args: []string{"extra"}, wantErr: true},
 		{name: "zero upload limit", service: "upload", args: []string{"-upload-max-bytes", "0"}, wantErr: true},
+		{name: "upload idle timeout default", service: "upload", check: uploadIdle(time.Minute)},
+		{name: "upload idle timeout env", service: "upload", env: map[string]string{"REELWAY_UPLOAD_IDLE_TIMEOUT": "90s"}, check: uploadIdle(90 * time.Second)},
+		{name: "upload idle timeout flag wins", service: "upload", env: map[string]string{"REELWAY_UPLOAD_IDLE_TIMEOUT": "90s"}, args: []string{"-upload-idle-timeout", "5s"}, check: uploadIdle(5 * time.Second)},
+		{name: "zero upload idle timeout", service: "upload", env: map[string]string{"REELWAY_UPLOAD_IDLE_TIMEOUT": "0s"}, wantErr: true},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -152,6 +156,15 @@ func TestConfigLogShowsEffectiveDefaults(t *testing.T) {
 			if !strings.Contains(buf.String(), w) {
 				t.Errorf("%s: %s missing from %s", tc.service, w, buf.String())
 			}
+		}
+	}
+}
+
+func uploadIdle(want time.Duration) func(*testing.T, kernel.Config) {
+	return func(t *testing.T, c kernel.Config) {
+		t.Helper()
+		if c.UploadIdleTimeout != want {
+			t.Errorf("upload idle timeout %v, want %v", c.UploadIdleTimeout, want)
 		}
 	}
 }

@@ -269,7 +269,7 @@ func build(ctx context.Context, rt *kernel.Runtime, service string) ([]kernel.Pl
 			return nil, err
 		}
 		users := authv1connect.NewAuthServiceClient(pool.HTTPClient("auth"), rpc.BaseURL("auth"), pool.ClientOptions()...)
-		return []kernel.Plugin{ob, upload.New(log, upload.Config{DataDir: cfg.DataDir, MaxBytes: cfg.UploadMaxBytes, Expiry: cfg.UploadExpiry}, ob, metadataClient(), users)}, nil
+		return []kernel.Plugin{ob, upload.New(log, upload.Config{DataDir: cfg.DataDir, MaxBytes: cfg.UploadMaxBytes, Expiry: cfg.UploadExpiry, IdleTimeout: cfg.UploadIdleTimeout}, ob, metadataClient(), users)}, nil
 	case "worker":
 		ob, err := openOutbox(ctx, rt, service, log)
 		if err != nil {
