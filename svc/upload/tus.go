@@ -725,6 +725,9 @@ func (w *tusWriter) WriteHeader(code int) {
 		if code >= 200 && code < 300 && (w.method == http.MethodPost || w.method == http.MethodPatch) {
 			h.Set("Upload-Expires", w.expires.UTC().Format(http.TimeFormat))
 		}
+		if code == http.StatusMethodNotAllowed {
+			h.Set("Allow", tusAllow(h.Get("Allow")))
+		}
 	}
 	w.ResponseWriter.WriteHeader(code)
 }
@@ -734,6 +737,18 @@ func (w *tusWriter) Write(b []byte) (int, error) {
 		w.WriteHeader(http.StatusOK)
 	}
 	return w.ResponseWriter.Write(b)
+}
+
+// tusAllow corrects the Allow list of tusd's 405: tusd names GET whether or not
+// downloads are served (they are not here), and leaves out OPTIONS, which it answers.
+func tusAllow(allow string) string {
+	var methods []string
+	for m := range strings.SplitSeq(allow, ",") {
+		if m = strings.TrimSpace(m); m != "" && m != http.MethodGet && m != http.MethodOptions {
+			methods = append(methods, m)
+		}
+	}
+	return strings.Join(append(methods, http.MethodOptions), ", ")
 }
 
 // Unwrap lets http.ResponseController (tusd sets read deadlines) reach the connection.

@@ -662,8 +662,14 @@ func TestTusCreationRefusals(t *testing.T) {
 		if res, _ := c.do(t, http.MethodHead, upload.TusPath+"abcdefghijklmnopqrst", nil, nil); res.StatusCode != http.StatusNotFound {
 			t.Errorf("HEAD of an unknown upload: %d, want 404", res.StatusCode)
 		}
-		if res, _ := c.do(t, http.MethodGet, upload.TusPath+"abcdefghijklmnopqrst", nil, nil); res.StatusCode != http.StatusMethodNotAllowed {
-			t.Errorf("GET of an upload: %d, want 405 (downloads are disabled)", res.StatusCode)
+		for _, tc := range []struct{ method, path, allow string }{
+			{http.MethodGet, upload.TusPath + "abcdefghijklmnopqrst", "HEAD, PATCH, DELETE, OPTIONS"}, // downloads are disabled
+			{http.MethodPut, upload.TusPath + "abcdefghijklmnopqrst", "HEAD, PATCH, DELETE, OPTIONS"},
+			{http.MethodGet, upload.TusPath, "POST, OPTIONS"},
+		} {
+			if res, _ := c.do(t, tc.method, tc.path, nil, nil); res.StatusCode != http.StatusMethodNotAllowed || res.Header.Get("Allow") != tc.allow {
+				t.Errorf("%s %s: %d Allow %q, want 405 Allow %q", tc.method, tc.path, res.StatusCode, res.Header.Get("Allow"), tc.allow)
+			}
 		}
 	})
 
