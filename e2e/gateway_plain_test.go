@@ -128,6 +128,42 @@ func TestGatewayPlainRoutesAgainstDev(t *testing.T) {
 		}
 	})
 
+	t.Run("late 413 for chunked bodies longer than the upload", func(t *testing.T) {
+		// The upload service finds out only in the middle of the body, answers 413 and
+		// closes while the gateway is still sending. Its connection must not be reset
+		// before the gateway has read the answer (it would say 503 and count a backend
+		// failure), however many such uploads arrive at once.
+		const n, size = 8, 20 << 20
+		codes := make(chan string, n)
+		for range n {
+			go func() {
+				req, err := http.NewRequest(http.MethodPost, p.gateway+"/v1/uploads/tus/", io.LimitReader(zeros{}, size))
+				if err != nil {
+					codes <- err.Error()
+					return
+				}
+				req.Header.Set("Tus-Resumable", "1.0.0")
+				req.Header.Set("Content-Type", "application/offset+octet-stream")
+				req.Header.Set("Upload-Length", "10")
+				req.Header.Set("Expect", "100-continue") // as curl -T sends it
+				req.Header.Set("Upload-Metadata", "title "+b64("too long"))
+				res, err := http.DefaultClient.Do(req)
+				if err != nil {
+					codes <- err.Error()
+					return
+				}
+				body, _ := io.ReadAll(res.Body)
+				_ = res.Body.Close()
+				codes <- fmt.Sprintf("%d %s", res.StatusCode, strings.TrimSpace(string(body)))
+			}()
+		}
+		for range n {
+			if got := <-codes; !strings.HasPrefix(got, "413 ERR_UPLOAD_SIZE_EXCEEDED") {
+				t.Errorf("chunked body longer than its upload: %q, want 413 ERR_UPLOAD_SIZE_EXCEEDED", got)
+			}
+		}
+	})
+
 	t.Run("413s leave the breaker closed", func(t *testing.T) {
 		resp, err := http.Get(p.gateway + "/metrics")
 		must(t, err, "metrics")
@@ -183,4 +219,12 @@ func TestGatewayPlainRoutesAgainstDev(t *testing.T) {
 	if resp.StatusCode != http.StatusCreated || resp.Close || !strings.Contains(string(body), `"sizeBytes":4096`) {
 		t.Fatalf("small upload: %d close %v %q", resp.StatusCode, resp.Close, body)
 	}
+}
+
+// zeros is an endless body.
+type zeros struct{}
+
+func (zeros) Read(p []byte) (int, error) {
+	clear(p)
+	return len(p), nil
 }

@@ -145,6 +145,7 @@ func (rt *Runtime) Serve(ctx context.Context, service string, plugins ...Plugin)
 		return fmt.Errorf("listen %s: %w", service, err)
 	}
 	port := ln.Addr().(*net.TCPAddr).Port
+	ln = rpc.LingerListener(ln)
 	httpSrv := rpc.NewHTTPServer(srv.Handler(), log)
 
 	g, gctx := errgroup.WithContext(ctx)
