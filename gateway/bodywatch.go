@@ -12,6 +12,11 @@ import (
 // against a backend.
 var errLateBody = errors.New("gateway: the request body did not arrive before the deadline")
 
+// errBadBody is what the transport reports when reading the caller's request body failed
+// (malformed chunked framing, a body cut short): the caller's doing, answered
+// invalid_argument, never counted against a backend.
+var errBadBody = errors.New("gateway: read request body")
+
 // bodyWatch bounds the read of a unary call's request body by the call's deadline. A read
 // of the caller's body ignores contexts, and an HTTP/1 body cannot be closed while a read
 // holds it, so when the deadline passes first the watch sets the caller connection's read

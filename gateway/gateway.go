@@ -339,9 +339,18 @@ func (g *Gateway) serve(w http.ResponseWriter, r *http.Request) {
 		g.writeError(w, r, c, connect.NewError(connect.CodeUnavailable, err))
 		return
 	}
-	if c.unary && !c.deadline.IsZero() && r.ContentLength != 0 && r.Body != nil && r.Body != http.NoBody {
-		c.watch, c.watchGen = g.watchBody(w, c.deadline)
-		defer g.releaseWatch(c.watch, c.watchGen)
+	if !c.streamBody && r.ContentLength != 0 && r.Body != nil && r.Body != http.NoBody {
+		// One request message (unary and server-streaming calls): it must arrive by the
+		// call's deadline or, for a stream, which the gateway's default does not cut,
+		// within that default, or a caller that stalls holds the call open forever.
+		deadline := c.deadline
+		if deadline.IsZero() && g.timeout > 0 {
+			deadline = time.Now().Add(g.timeout)
+		}
+		if !deadline.IsZero() {
+			c.watch, c.watchGen = g.watchBody(w, deadline)
+			defer g.releaseWatch(c.watch, c.watchGen)
+		}
 	}
 	if c.wire == rpc.WireGRPCWebText {
 		if err := readTextRequest(r, c); err != nil {
@@ -441,6 +450,12 @@ func (g *Gateway) proxyError(w http.ResponseWriter, r *http.Request, err error) 
 		// Checked first: on HTTP/1 the failed body read also cancelled the request.
 		code = connect.CodeDeadlineExceeded
 		cause = ErrDeadline
+		level = slog.LevelDebug
+	case errors.Is(err, errBadBody):
+		// The caller's body broke (bad chunked framing, cut short): the caller's doing,
+		// never counted against a backend.
+		code = connect.CodeInvalidArgument
+		cause = err
 		level = slog.LevelDebug
 	case errors.Is(r.Context().Err(), context.Canceled):
 		code = connect.CodeCanceled

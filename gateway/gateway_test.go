@@ -62,6 +62,12 @@ type fixture struct {
 // front of them.
 func setup(t testing.TB, n int, opts gateway.Options) *fixture {
 	t.Helper()
+	return setupKnowing(t, n, opts)
+}
+
+// setupKnowing is setup with more proto services known to the gateway than the backends'.
+func setupKnowing(t testing.TB, n int, opts gateway.Options, known ...string) *fixture {
+	t.Helper()
 	log := quiet()
 	reg := registry.NewMemory(log)
 	t.Cleanup(reg.Close)
@@ -73,7 +79,7 @@ func setup(t testing.TB, n int, opts gateway.Options) *fixture {
 	for range n {
 		f.instances = append(f.instances, f.addBackend(t))
 	}
-	gw := gateway.New(log, cat, []string{cachev1connect.CacheServiceName, metadatav1connect.MetadataServiceName}, opts)
+	gw := gateway.New(log, cat, append([]string{cachev1connect.CacheServiceName, metadatav1connect.MetadataServiceName}, known...), opts)
 	front := rpc.NewServer(log, nil)
 	if err := gw.Mount(front); err != nil {
 		t.Fatal(err)

@@ -3,6 +3,7 @@ package gateway_test
 import (
 	"bufio"
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -16,6 +17,9 @@ import (
 	"time"
 
 	"github.com/reelway/reelway/gateway"
+	metadatav1 "github.com/reelway/reelway/gen/reelway/metadata/v1"
+	"github.com/reelway/reelway/gen/reelway/metadata/v1/metadatav1connect"
+	"github.com/reelway/reelway/gen/reelway/transcoder/v1/transcoderv1connect"
 	"github.com/reelway/reelway/svc/registry"
 	"github.com/reelway/reelway/svc/rpc"
 )
@@ -512,6 +516,77 @@ func TestGatewayForwardingHeaders(t *testing.T) {
 			}
 			if got := h.Get("X-Forwarded-For"); !strings.HasSuffix(got, "127.0.0.1") {
 				t.Errorf("X-Forwarded-For = %q, want it to end with the caller's address", got)
+			}
+		})
+	}
+}
+
+// TestGatewayBrokenCallerBodies sends request bodies whose chunked framing breaks halfway,
+// on an RPC that streams its body, one that is buffered for retries, and a plain route:
+// each gets 400 invalid_argument, and none counts against the backend, so the breaker
+// stays closed and a good call still goes through.
+func TestGatewayBrokenCallerBodies(t *testing.T) {
+	f := setup(t, 1, gateway.Options{})
+	f.addPlainBackend(t, "upload", mountUpload)
+	const broken = "Transfer-Encoding: chunked\r\n\r\n2\r\n{}\r\nZZZ\r\n"
+	tests := []struct{ name, head string }{
+		{"not idempotent", "POST /reelway.metadata.v1.MetadataService/CreateVideo HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"},
+		{"idempotent", "POST /reelway.cache.v1.CacheService/Set HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"},
+		{"plain upload", "POST /v1/uploads?title=x HTTP/1.1\r\nHost: x\r\nContent-Type: video/mp4\r\n"},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			for range 12 { // more than the breaker's threshold
+				resp, body, _ := rawExchange(t, f.gateway, tc.head+broken, 10*time.Second)
+				var e struct{ Code string }
+				_ = json.Unmarshal(body, &e)
+				if resp.StatusCode != http.StatusBadRequest || e.Code != "invalid_argument" {
+					t.Fatalf("broken body: %d %q, want 400 invalid_argument", resp.StatusCode, body)
+				}
+			}
+		})
+	}
+	md := metadatav1connect.NewMetadataServiceClient(h2c(), f.gateway)
+	if _, err := md.CreateVideo(context.Background(), &metadatav1.CreateVideoRequest{Video: &metadatav1.Video{Id: "v1", Title: "t"}}); err != nil {
+		t.Fatalf("a good call after the broken bodies: %v", err)
+	}
+}
+
+// TestGatewayStalledStreamRequest sends a server-streaming call whose one request message
+// never arrives whole: the gateway's default timeout does not cut streams, but the
+// request itself must come within it, or the call would hang forever. The caller gets
+// deadline_exceeded in its protocol (here gRPC-Web text, whose body the gateway reads
+// itself) and the backend is not blamed.
+func TestGatewayStalledStreamRequest(t *testing.T) {
+	const timeout = 300 * time.Millisecond
+	const svc = transcoderv1connect.TranscoderServiceName
+	f := setupKnowing(t, 1, gateway.Options{Timeout: timeout}, svc)
+	// The backend stands in for the transcoder, whose WatchTranscode is a server stream.
+	in := f.instances[0]
+	_, portS, _ := net.SplitHostPort(strings.TrimPrefix(in.url, "http://"))
+	port, _ := net.LookupPort("tcp", portS)
+	err := f.reg.Register(context.Background(), registry.Registration{
+		Instance:  registry.Instance{ID: registry.InstanceID("transcoder", port), Name: "transcoder", Address: "127.0.0.1", Port: port, Meta: map[string]string{registry.MetaProtoServices: svc}},
+		HealthURL: in.url + "/healthz", CheckInterval: 50 * time.Millisecond,
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, "transcoder routed", func() error {
+		if len(f.cat.ResolveProto(svc)) == 0 {
+			return errors.New("not yet")
+		}
+		return nil
+	})
+	for _, ct := range []string{"application/grpc-web-text", "application/grpc-web-text+proto"} {
+		t.Run(ct, func(t *testing.T) {
+			start := time.Now()
+			resp, body, _ := rawExchange(t, f.gateway, "POST /"+svc+"/WatchTranscode HTTP/1.1\r\nHost: x\r\nContent-Type: "+ct+"\r\nContent-Length: 100\r\n\r\nAAAAAA", 10*time.Second)
+			if got := resp.Header.Get("Grpc-Status"); got != "4" {
+				t.Fatalf("stalled stream request: %d grpc-status %q %q, want deadline_exceeded (4)", resp.StatusCode, got, body)
+			}
+			if took := time.Since(start); took < timeout {
+				t.Errorf("answered after %v, before the %v timeout", took, timeout)
 			}
 		})
 	}

@@ -98,6 +98,10 @@ func (t *transport) RoundTrip(req *http.Request) (*http.Response, error) {
 				permit.Done(rpc.OutcomeIgnored)
 				return nil, errLateBody
 			}
+			if berr := body.broken(); berr != nil {
+				permit.Done(rpc.OutcomeIgnored)
+				return nil, fmt.Errorf("%w: %w", errBadBody, berr)
+			}
 			permit.Done(rpc.ErrorOutcome(ctx, err))
 			lastErr = err
 			if ctx.Err() != nil {
@@ -382,7 +386,7 @@ func newAttemptBody(req *http.Request, c *call) (*attemptBody, error) {
 			if errors.Is(err, os.ErrDeadlineExceeded) {
 				return nil, errLateBody
 			}
-			return nil, err
+			return nil, fmt.Errorf("%w: %w", errBadBody, err)
 		}
 		if complete {
 			c.bodyIn()
@@ -451,6 +455,18 @@ func (b *attemptBody) intact() bool { return b.guard == nil || !b.guard.touched.
 // late says whether the caller's body did not arrive before the call's deadline.
 func (b *attemptBody) late() bool { return b.guard != nil && b.guard.late.Load() }
 
+// broken returns the error that ended a read of the caller's body, if one did: the
+// caller's framing or connection failed, not the backend.
+func (b *attemptBody) broken() error {
+	if b.guard == nil {
+		return nil
+	}
+	if p := b.guard.failed.Load(); p != nil {
+		return *p
+	}
+	return nil
+}
+
 // guardBody notes whether a streamed body was read, and keeps an untouched body open when
 // a failed attempt's transport closes it, so another attempt can still send it. It tells
 // a unary call's body watch when the body is in, and notes a read the watch cut.
@@ -460,19 +476,27 @@ type guardBody struct {
 	gen     uint64
 	touched atomic.Bool
 	late    atomic.Bool
+	// failed holds the error of a read of the caller's body that failed other than by
+	// ending, the deadline, or the gateway stopping it.
+	failed atomic.Pointer[error]
 }
 
 func (g *guardBody) Read(p []byte) (int, error) {
 	g.touched.Store(true)
 	n, err := g.rc.Read(p)
-	if err != nil && g.watch != nil {
-		switch {
-		case errors.Is(err, io.EOF):
+	if err == nil {
+		return n, nil
+	}
+	switch {
+	case errors.Is(err, io.EOF):
+		if g.watch != nil {
 			g.watch.stop(g.gen)
-		case errors.Is(err, os.ErrDeadlineExceeded):
-			g.late.Store(true)
-			err = errLateBody
 		}
+	case errors.Is(err, os.ErrDeadlineExceeded) && g.watch != nil:
+		g.late.Store(true)
+		err = errLateBody
+	case !errors.Is(err, errAnswered) && !errors.Is(err, os.ErrDeadlineExceeded):
+		g.failed.CompareAndSwap(nil, &err)
 	}
 	return n, err
 }
