@@ -3,6 +3,7 @@ package upload
 import (
 	"context"
 	"crypto/sha256"
+	"encoding/base64"
 	"encoding/hex"
 	"encoding/json"
 	"errors"
@@ -236,6 +237,9 @@ func (t *tusServer) preCreate(hook handler.HookEvent) (handler.HTTPResponse, han
 	if hook.Upload.Size <= 0 {
 		return handler.HTTPResponse{}, handler.FileInfoChanges{}, tusError(fmt.Errorf("%w: Upload-Length must be at least 1 byte", ErrEmpty))
 	}
+	if err := checkMetadataHeader(hook.HTTPRequest.Header.Get("Upload-Metadata")); err != nil {
+		return handler.HTTPResponse{}, handler.FileInfoChanges{}, tusError(err)
+	}
 	meta, kept, err := tusMetadata(hook.Upload.MetaData)
 	if err != nil {
 		return handler.HTTPResponse{}, handler.FileInfoChanges{}, tusError(err)
@@ -262,6 +266,26 @@ func (t *tusServer) preTerminate(hook handler.HookEvent) (handler.HTTPResponse, 
 		return handler.HTTPResponse{}, tusError(fmt.Errorf("%w: delete the video instead", ErrUploadComplete))
 	}
 	return handler.HTTPResponse{}, nil
+}
+
+// checkMetadataHeader refuses an Upload-Metadata header tusd would read only in part: tusd
+// drops a pair whose value is not base64, or that has more than one space, without a word,
+// and a dropped "visibility private" would make a video public.
+func checkMetadataHeader(h string) error {
+	for pair := range strings.SplitSeq(h, ",") {
+		pair = strings.TrimSpace(pair)
+		if pair == "" {
+			continue
+		}
+		key, value, hasValue := strings.Cut(pair, " ")
+		if strings.Contains(value, " ") {
+			return fmt.Errorf("%w: Upload-Metadata %q: want \"key <base64 value>\"", ErrInvalid, key)
+		}
+		if _, err := base64.StdEncoding.DecodeString(value); hasValue && err != nil {
+			return fmt.Errorf("%w: Upload-Metadata %s: the value is not padded standard base64", ErrInvalid, key)
+		}
+	}
+	return nil
 }
 
 // tusMetadata reads Upload-Metadata (already base64-decoded by tusd): title is required;

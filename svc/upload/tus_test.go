@@ -589,6 +589,9 @@ func TestTusCreationRefusals(t *testing.T) {
 	}{
 		{name: "no title", size: 10, meta: tusMeta("filename", "a.mp4"), status: http.StatusBadRequest, reason: "title"},
 		{name: "title not base64", size: 10, meta: "title %%%", status: http.StatusBadRequest, reason: "title"},
+		{name: "visibility not base64", size: 10, meta: tusMeta("title", "x") + ",visibility private", status: http.StatusBadRequest, reason: "visibility"},
+		{name: "visibility unpadded", size: 10, meta: tusMeta("title", "x") + ",visibility cHJpdmF0ZQ", status: http.StatusBadRequest, reason: "visibility"},
+		{name: "pair with two spaces", size: 10, meta: tusMeta("title", "x") + ",visibility cHJpdmF0ZQ== x", status: http.StatusBadRequest, reason: "visibility"},
 		{name: "empty title", size: 10, meta: tusMeta("title", ""), status: http.StatusBadRequest, reason: "title"},
 		{name: "title too long", size: 10, meta: tusMeta("title", strings.Repeat("é", 201)), status: http.StatusBadRequest, reason: "title"},
 		{name: "title not UTF-8", size: 10, meta: tusMeta("title", "\xff\xfe"), status: http.StatusBadRequest, reason: "UTF-8"},
