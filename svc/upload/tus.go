@@ -206,7 +206,7 @@ func (t *tusServer) serve(w http.ResponseWriter, r *http.Request) {
 		} else {
 			r.Body = &stallBody{body: r.Body, idle: t.s.cfg.IdleTimeout}
 		}
-		if r.ContentLength < 0 {
+		if r.ContentLength < 0 || creation {
 			b := newBoundedBody(r.Body, creation)
 			r.Body = b
 			r = r.WithContext(context.WithValue(r.Context(), boundedBodyKey{}, b))

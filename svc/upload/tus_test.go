@@ -1,6 +1,7 @@
 package upload_test
 
 import (
+	"bufio"
 	"bytes"
 	"context"
 	"crypto/md5"
@@ -989,6 +990,59 @@ func TestTusCancelledPatch(t *testing.T) {
 			}
 			if res, body := c.create(t, 10, tusMeta("title", "Next"), nil, nil); res.StatusCode != http.StatusCreated {
 				t.Fatalf("creation after the cancelled PATCH: %d %s", res.StatusCode, body)
+			}
+		})
+	}
+}
+
+// TestTusCreationBodyBreaks cuts off or stalls the body of a creation-with-upload. tusd's
+// error answer carries no Location, so no client could resume or cancel that upload: it
+// and its video go at once, instead of waiting for the expiry.
+func TestTusCreationBodyBreaks(t *testing.T) {
+	part := randomBytes(t, 1000)
+	for _, tc := range []struct {
+		name  string
+		stall bool
+	}{{"dropped", false}, {"stalled", true}} {
+		t.Run(tc.name, func(t *testing.T) {
+			e := newEnv(t)
+			base := e.startUpload(t, upload.Config{IdleTimeout: testIdle}, e.bus, e.meta)
+			failed := e.subscribe(t, eventsv1.EventType_EVENT_TYPE_UPLOAD_FAILED)
+			before, videos := e.infoFiles(t), e.videoCount(t)
+			addr := strings.TrimPrefix(base, "http://")
+			conn, err := net.Dial("tcp", addr)
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer conn.Close()
+			fmt.Fprintf(conn, "POST %s HTTP/1.1\r\nHost: %s\r\nTus-Resumable: 1.0.0\r\nContent-Type: application/offset+octet-stream\r\n"+
+				"Upload-Length: 5000\r\nUpload-Metadata: %s\r\nContent-Length: 5000\r\n\r\n", upload.TusPath, addr, tusMeta("title", "Broken"))
+			if _, err := conn.Write(part); err != nil {
+				t.Fatal(err)
+			}
+			poll(t, 10*time.Second, "the upload created", func() error {
+				if e.infoFiles(t) == before {
+					return errors.New("not yet")
+				}
+				return nil
+			})
+			if tc.stall {
+				_ = conn.SetReadDeadline(time.Now().Add(10 * time.Second))
+				res, err := http.ReadResponse(bufio.NewReader(conn), nil)
+				if err != nil || res.StatusCode != http.StatusRequestTimeout {
+					t.Fatalf("stalled creation: %v %v, want 408", res, err)
+				}
+			} else {
+				_ = conn.Close()
+			}
+			poll(t, 10*time.Second, "the upload and its video gone", func() error {
+				if n, v := e.infoFiles(t), e.videoCount(t); n != before || v != videos {
+					return fmt.Errorf("%d uploads and %d videos, want %d and %d", n, v, before, videos)
+				}
+				return nil
+			})
+			if ev := failed(""); ev == nil || !strings.Contains(ev.GetUploadFailed().GetReason(), "upload aborted") {
+				t.Errorf("upload.failed = %v, want one saying the upload was aborted", ev)
 			}
 		})
 	}

@@ -49,7 +49,7 @@ func checkCreationBody(r *http.Request) error {
 type boundedBodyKey struct{}
 
 // boundedBody is the body of a tus request whose length is not known up front (chunked,
-// or HTTP/2 without Content-Length). The upload's store sets its limit, the bytes the
+// or HTTP/2 without Content-Length), and of every creation-with-upload. The upload's store sets its limit, the bytes the
 // upload still needs, when it starts writing. The body then passes at most that many
 // bytes, and holds back the read that reaches the limit until it knows the body ends
 // there: a body longer than its upload fails (ErrSizeExceeded) before its last bytes are
@@ -57,13 +57,16 @@ type boundedBodyKey struct{}
 type boundedBody struct {
 	body io.ReadCloser
 	// creation is set for a creation-with-upload request, whose upload and video are
-	// removed when the body is too long.
+	// removed when the body is too long or breaks off (stalled, cut).
 	creation bool
 	// need is the limit the store set, left how many bytes may still pass; -1 until
 	// the store sets the limit.
 	need, left int64
 	err        error
 	over       bool
+	// broken is the error that ended a read of the request before its end: the client
+	// stalled or went away.
+	broken error
 }
 
 var _ io.ReadCloser = (*boundedBody)(nil)
@@ -78,12 +81,24 @@ func (b *boundedBody) limit(n int64) { b.need, b.left = max(n, 0), max(n, 0) }
 // overran reports whether the body turned out longer than its limit.
 func (b *boundedBody) overran() bool { return b.over }
 
+// failed returns the error that ended the body before its end, or nil.
+func (b *boundedBody) failed() error { return b.broken }
+
+// read reads the request body, noting an error that is not its end.
+func (b *boundedBody) read(p []byte) (int, error) {
+	n, err := b.body.Read(p)
+	if err != nil && err != io.EOF && b.broken == nil {
+		b.broken = err
+	}
+	return n, err
+}
+
 func (b *boundedBody) Read(p []byte) (int, error) {
 	switch {
 	case b.err != nil:
 		return 0, b.err
 	case b.left < 0:
-		return b.body.Read(p)
+		return b.read(p)
 	case b.left == 0:
 		b.err = b.end()
 		return 0, b.err
@@ -91,7 +106,7 @@ func (b *boundedBody) Read(p []byte) (int, error) {
 	if int64(len(p)) > b.left {
 		p = p[:b.left]
 	}
-	n, err := b.body.Read(p)
+	n, err := b.read(p)
 	b.left -= int64(n)
 	if b.left > 0 || err != nil {
 		return n, err
@@ -108,7 +123,7 @@ func (b *boundedBody) Read(p []byte) (int, error) {
 func (b *boundedBody) end() error {
 	var one [1]byte
 	for range maxEndProbes {
-		n, err := b.body.Read(one[:])
+		n, err := b.read(one[:])
 		switch {
 		case n > 0:
 			b.over = true
@@ -128,11 +143,11 @@ func requestBody(ctx context.Context) *boundedBody {
 	return b
 }
 
-// discardCreated removes an upload whose creation request failed because its body was
-// too long, with its video: the answer carries no Location, so no client can resume or
-// cancel it. The video is deleted first; if metadata cannot be reached, the upload is
+// discardCreated removes an upload whose creation request failed in its body (too long,
+// stalled, cut off), with its video: tusd's error answer carries no Location, so no client
+// can resume or cancel it. The video is deleted first; if metadata cannot be reached, the upload is
 // left for the expiry loop, which fails the video later.
-func (t *tusServer) discardCreated(ctx context.Context, up handler.Upload, id string) {
+func (t *tusServer) discardCreated(ctx context.Context, up handler.Upload, id string, reason error) {
 	fctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), tusStepTimeout)
 	defer cancel()
 	log := t.s.log.With("video_id", id)
@@ -144,8 +159,8 @@ func (t *tusServer) discardCreated(ctx context.Context, up handler.Upload, id st
 		log.WarnContext(ctx, "upload.tus_discard", "err", err)
 	}
 	t.removeHash(id)
-	t.publishFailed(fctx, id, "upload aborted: "+ErrSizeExceeded.Error())
-	log.InfoContext(ctx, "upload.tus_discarded", "reason", "creation body longer than Upload-Length")
+	t.publishFailed(fctx, id, "upload aborted: "+reason.Error())
+	log.InfoContext(ctx, "upload.tus_discarded", "reason", reason.Error())
 }
 
 // stallBody is a tus request body whose read that ends at tusd's network timeout (the

@@ -69,9 +69,13 @@ func (u hashingUpload) WriteChunk(ctx context.Context, offset int64, src io.Read
 		// what it stored (the client resumes from HEAD's offset); a creation's client
 		// never learns the upload's URL, so the upload and its video go.
 		if body.creation {
-			u.t.discardCreated(ctx, u, info.ID)
+			u.t.discardCreated(ctx, u, info.ID, ErrSizeExceeded)
 		}
 		return n, body.err
+	}
+	if body != nil && body.creation && body.failed() != nil {
+		u.t.discardCreated(ctx, u, info.ID, body.failed())
+		return n, err
 	}
 	return n, err
 }
