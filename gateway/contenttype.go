@@ -82,3 +82,17 @@ func writeUnsupportedMediaType(w http.ResponseWriter, r *http.Request) {
 	}
 	writePlainError(w, http.StatusUnsupportedMediaType, "invalid_argument", msg)
 }
+
+// bareGRPCType drops the parameters (a charset) of a gRPC or gRPC-Web content type. The
+// services' handlers refuse any parameter on these types with a bodyless 415, which a
+// gRPC client reports as an unknown error; the types define none, so the bare type means
+// the same call. Connect's types keep theirs (a JSON charset is the handler's to judge).
+func bareGRPCType(r *http.Request) {
+	ct := r.Header.Get("Content-Type")
+	const grpc = "application/grpc"
+	if len(ct) <= len(grpc) || !strings.EqualFold(ct[:len(grpc)], grpc) || !strings.Contains(ct, ";") {
+		return
+	}
+	base, _, _ := strings.Cut(ct, ";")
+	r.Header.Set("Content-Type", strings.ToLower(strings.TrimSpace(base)))
+}

@@ -302,6 +302,7 @@ func (g *Gateway) serve(w http.ResponseWriter, r *http.Request) {
 			writeUnsupportedMediaType(w, r)
 			return
 		}
+		bareGRPCType(r)
 		c.key, c.wire = protoService, rpc.WireOfRequest(r)
 		unary := c.wire == rpc.WireConnectUnary
 		c.streamBody = !unary
