@@ -188,6 +188,9 @@ func (t *tusServer) serve(w http.ResponseWriter, r *http.Request) {
 				t.writeError(w, r, err)
 				return
 			}
+		} else if err := t.checkComplete(r, id); err != nil {
+			t.writeError(w, r, err)
+			return
 		}
 		if wantsChecksum(r, id) {
 			cleanup, err := t.verifyChecksum(tw, r)
@@ -213,6 +216,26 @@ func (t *tusServer) serve(w http.ResponseWriter, r *http.Request) {
 		}
 	}
 	t.handler.ServeHTTP(tw, r)
+}
+
+// checkComplete refuses a PATCH that brings bytes to an upload that has all of its bytes
+// already. tusd answers it 204 without reading the body, so the bytes would be dropped
+// without a word; they are more than the upload needs (413, as for any body that runs
+// past its upload). An empty PATCH at the end still gets tusd's 204, which tells a client
+// that lost the last answer that the upload is done.
+func (t *tusServer) checkComplete(r *http.Request, id string) error {
+	if r.ContentLength == 0 {
+		return nil
+	}
+	up, err := t.files.GetUpload(r.Context(), id)
+	if err != nil {
+		return nil // tusd answers for an unknown upload
+	}
+	info, err := up.GetInfo(r.Context())
+	if err != nil || info.SizeIsDeferred || info.Offset < info.Size || r.Header.Get("Upload-Offset") != strconv.FormatInt(info.Size, 10) {
+		return nil // tusd answers, a wrong offset with 409
+	}
+	return fmt.Errorf("%w: the upload has all its %d bytes already", ErrSizeExceeded, info.Size)
 }
 
 // checkDeclaredSize refuses a creation whose Upload-Length is over the limit before any

@@ -337,6 +337,10 @@ func TestTusResumeAfterDrop(t *testing.T) {
 	if res, body := c.patch(t, loc, len(data), []byte{}, nil); res.StatusCode != http.StatusNoContent {
 		t.Errorf("PATCH at the end of a finished upload: %d %s", res.StatusCode, body)
 	}
+	// Bytes past the end are more than the upload needs, not silently dropped.
+	if res, body := c.patch(t, loc, len(data), []byte("extra!"), nil); res.StatusCode != http.StatusRequestEntityTooLarge || !strings.HasPrefix(body, "ERR_UPLOAD_SIZE_EXCEEDED") {
+		t.Errorf("PATCH with bytes past the end of a finished upload: %d %s, want 413", res.StatusCode, body)
+	}
 }
 
 func TestTusOffsetMismatch(t *testing.T) {
