@@ -78,6 +78,10 @@ func postgresMigrations() []string {
 		`ALTER TABLE videos ALTER COLUMN search_text DROP NOT NULL, ALTER COLUMN search_text DROP DEFAULT;
 		UPDATE videos SET search_text = NULL;
 		CREATE INDEX IF NOT EXISTS videos_unindexed ON videos (id) WHERE search_text IS NULL;`,
+
+		// 3: search also folds ligatures, full-width forms and letters such as ł, ø, ß
+		// (SearchWords): every row is indexed again, as for 2.
+		`UPDATE videos SET search_text = NULL;`,
 	}
 }
 

@@ -167,6 +167,7 @@ func testSearch(t *testing.T, b backend) {
 			OwnerId: "alice", Visibility: private},
 		{Id: "f", Title: "Learn Go in 10 minutes", Tags: []string{"golang", "programming"}, OwnerId: "bob", Status: ready},
 		{Id: "g", Title: "東京の夜", Tags: []string{"japan", "night-life"}},
+		{Id: "h", Title: "Łódź, Øresund: ﬁnal Straße"},
 	} {
 		create(t, c, v)
 	}
@@ -193,6 +194,10 @@ func testSearch(t *testing.T, b backend) {
 		{"café\u0301", nil, []string{"c"}}, // decomposed, with an extra mark
 		{"coffee", nil, []string{"c"}},
 		{"кот", nil, []string{"d"}},
+		{"lodz oresund", nil, []string{"h"}}, // letters with the accent inside, folded too
+		{"ŁÓDŹ", nil, []string{"h"}},
+		{"strasse final", nil, []string{"h"}},
+		{"ＦＩＮＡＬ", nil, []string{"h"}}, // full width
 		{"КАТЯ", nil, []string{"d"}},
 		{"русский", nil, []string{"d"}},
 		{"deep sea", nil, []string{"e"}},

@@ -118,6 +118,10 @@ func sqliteMigrations() []string {
 		// 3: search folds accents (SearchWords). Every row is indexed again: the trigger
 		// drops its old words, and OpenSQLite computes the new ones.
 		`UPDATE videos SET search_text = NULL WHERE search_text IS NOT NULL;`,
+
+		// 4: search also folds ligatures, full-width forms and letters such as ł, ø, ß
+		// (SearchWords): every row is indexed again, as for 3.
+		`UPDATE videos SET search_text = NULL WHERE search_text IS NOT NULL;`,
 	}
 }
 
