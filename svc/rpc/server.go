@@ -9,6 +9,7 @@ import (
 	"net/http"
 	"runtime/debug"
 	"slices"
+	"strings"
 	"time"
 
 	"connectrpc.com/connect"
@@ -196,13 +197,20 @@ func (s *Server) Handler() http.Handler {
 // in the caller's protocol rather than the mux's plain-text 404 page.
 func (s *Server) notFound(w http.ResponseWriter, r *http.Request) {
 	errw := connect.NewErrorWriter()
-	if r.Method == http.MethodPost && errw.IsSupported(r) {
+	if r.Method == http.MethodPost && procedurePath(r.URL.Path) && errw.IsSupported(r) {
 		_ = errw.Write(w, r, connect.NewError(connect.CodeUnimplemented, fmt.Errorf("%s is not implemented", r.URL.Path)))
 		return
 	}
 	w.Header().Set("Content-Type", "application/json")
 	w.WriteHeader(http.StatusNotFound)
 	_, _ = fmt.Fprintf(w, "{\"code\":\"not_found\",\"message\":%q}\n", "no route for "+r.URL.Path)
+}
+
+// procedurePath says whether path has the form of an RPC procedure, /pkg.Service/Method.
+// Any other path (a plain route's /v1/uploads/) is not found rather than unimplemented.
+func procedurePath(path string) bool {
+	svc, method, ok := strings.Cut(strings.TrimPrefix(path, "/"), "/")
+	return ok && strings.Contains(svc, ".") && method != "" && !strings.Contains(method, "/")
 }
 
 func (s *Server) healthz(w http.ResponseWriter, _ *http.Request) {

@@ -170,3 +170,26 @@ func TestUnknownMethodThroughWrapper(t *testing.T) {
 		})
 	}
 }
+
+// TestUnknownPathIsNotFound posts to paths that are not RPC procedures: they get 404
+// not_found in JSON, whatever the content type, not unimplemented (which would say that a
+// method exists in the schema but is not served).
+func TestUnknownPathIsNotFound(t *testing.T) {
+	base := serve(t)
+	for _, path := range []string{"/v1/uploads/", "/nope", "/a/b/c", "/reelway.cache.v1.CacheService/Get/extra"} {
+		for _, ct := range []string{"application/json", "application/x-www-form-urlencoded", "application/grpc-web+proto"} {
+			t.Run(path+" "+ct, func(t *testing.T) {
+				resp, err := http.Post(base+path, ct, strings.NewReader("{}"))
+				if err != nil {
+					t.Fatal(err)
+				}
+				body, _ := io.ReadAll(resp.Body)
+				resp.Body.Close()
+				var e struct{ Code string }
+				if err := json.Unmarshal(body, &e); err != nil || resp.StatusCode != http.StatusNotFound || e.Code != "not_found" {
+					t.Fatalf("%d %q, want 404 not_found", resp.StatusCode, body)
+				}
+			})
+		}
+	}
+}
