@@ -41,6 +41,13 @@ func (s *Service) httpHandler() http.Handler {
 			s.writeError(w, r, fmt.Errorf("%w: query string: %w", ErrInvalid, err))
 			return
 		}
+		for _, k := range []string{"title", "filename", "description", "visibility"} {
+			if len(q[k]) > 1 {
+				// Which one was meant is a guess; the caller's script likely has a bug.
+				s.writeError(w, r, fmt.Errorf("%w: %s given %d times", ErrInvalid, k, len(q[k])))
+				return
+			}
+		}
 		vis, err := parseVisibility(q.Get("visibility"))
 		if err != nil {
 			s.writeError(w, r, err)

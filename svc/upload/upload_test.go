@@ -185,6 +185,13 @@ func TestHTTPUpload(t *testing.T) {
 			wantCode:   "invalid_argument",
 		},
 		{
+			name:       "title twice",
+			rawQuery:   "title=a&title=b",
+			body:       func(*testing.T) io.Reader { return bytes.NewReader(okBody) },
+			wantStatus: http.StatusBadRequest,
+			wantCode:   "invalid_argument",
+		},
+		{
 			name:       "title too long",
 			query:      url.Values{"title": {strings.Repeat("é", 201)}},
 			body:       func(*testing.T) io.Reader { return bytes.NewReader(okBody) },
