@@ -363,11 +363,25 @@ func TestEventsSurviveNATSRestart(t *testing.T) {
 		}
 		return out
 	}
-	completed := count(eventsv1.EventType_EVENT_TYPE_UPLOAD_COMPLETED)
-	created := count(eventsv1.EventType_EVENT_TYPE_VIDEO_CREATED)
-	started := count(eventsv1.EventType_EVENT_TYPE_TRANSCODE_STARTED)
-	ready := count(eventsv1.EventType_EVENT_TYPE_VIDEO_READY)
-	tfailed := count(eventsv1.EventType_EVENT_TYPE_TRANSCODE_FAILED)
+	var completed, created, started, ready, tfailed map[string]int
+	// Events an outbox stored while NATS was down go out on its next attempt, which may
+	// come after the jobs are done (its backoff grows while the server is away): poll
+	// until every video has its events, then check each count exactly.
+	complete := func() error {
+		completed = count(eventsv1.EventType_EVENT_TYPE_UPLOAD_COMPLETED)
+		created = count(eventsv1.EventType_EVENT_TYPE_VIDEO_CREATED)
+		started = count(eventsv1.EventType_EVENT_TYPE_TRANSCODE_STARTED)
+		ready = count(eventsv1.EventType_EVENT_TYPE_VIDEO_READY)
+		tfailed = count(eventsv1.EventType_EVENT_TYPE_TRANSCODE_FAILED)
+		for id := range ids {
+			if completed[id] == 0 || created[id] == 0 || started[id] == 0 || ready[id]+tfailed[id] == 0 {
+				return fmt.Errorf("%s: %d upload.completed, %d video.created, %d transcode.started, %d video.ready, %d transcode.failed so far",
+					id, completed[id], created[id], started[id], ready[id], tfailed[id])
+			}
+		}
+		return nil
+	}
+	waitFor(t, time.Minute, "every video's events stored", complete)
 	encodes := ffmpeg.encodes(t)
 	for id, video := range ids {
 		wantReady, wantFailed, wantEncodes, wantState := 1, 0, 1, workerv1.JobState_JOB_STATE_SUCCEEDED
