@@ -168,6 +168,8 @@ func testSearch(t *testing.T, b backend) {
 		{Id: "f", Title: "Learn Go in 10 minutes", Tags: []string{"golang", "programming"}, OwnerId: "bob", Status: ready},
 		{Id: "g", Title: "東京の夜", Tags: []string{"japan", "night-life"}},
 		{Id: "h", Title: "Łódź, Øresund: ﬁnal Straße"},
+		{Id: "i", Title: "हाथी", Description: "ΟΔΟΣ"},
+		{Id: "j", Title: "हम थे"},
 	} {
 		create(t, c, v)
 	}
@@ -198,6 +200,8 @@ func testSearch(t *testing.T, b backend) {
 		{"ŁÓDŹ", nil, []string{"h"}},
 		{"strasse final", nil, []string{"h"}},
 		{"ＦＩＮＡＬ", nil, []string{"h"}}, // full width
+		{"हाथी", nil, []string{"i"}},  // vowel signs belong to their word
+		{"οδος", nil, []string{"i"}},  // final sigma folds
 		{"КАТЯ", nil, []string{"d"}},
 		{"русский", nil, []string{"d"}},
 		{"deep sea", nil, []string{"e"}},

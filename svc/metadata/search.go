@@ -41,7 +41,9 @@ func SearchWords(s string) []string {
 		n = 0
 	}
 	for _, r := range foldAccents(s) {
-		if !unicode.IsLetter(r) && !unicode.IsDigit(r) {
+		// Spacing marks (the vowel signs of Devanagari, Tamil, Bengali…) belong to their
+		// word: without them "हाथी" would be the words "ह" and "थ".
+		if !unicode.IsLetter(r) && !unicode.IsDigit(r) && !unicode.In(r, unicode.Mc, unicode.Mn) {
 			flush()
 			continue
 		}
@@ -59,7 +61,8 @@ func SearchWords(s string) []string {
 	return words
 }
 
-// foldAccents removes the accents of s: NFKD, then every nonspacing mark dropped, then NFC
+// foldAccents removes the accents of s: NFKD, then every nonspacing mark and format
+// character dropped, then NFC
 // so that scripts whose letters decompose into letters (Hangul) come back whole. The
 // compatibility decomposition also turns ligatures ("ﬁ") and full-width forms ("ＣＡＦＥ")
 // into the letters people type.
@@ -67,11 +70,37 @@ func foldAccents(s string) string {
 	if isASCII(s) {
 		return s
 	}
-	out, _, err := transform.String(transform.Chain(norm.NFKD, runes.Remove(runes.In(unicode.Mn)), norm.NFC), s)
+	// Format characters (soft hyphens, zero-width spaces and joiners) are invisible: a
+	// word written with one is the word without it.
+	out, _, err := transform.String(transform.Chain(norm.NFKD, runes.Remove(runes.Predicate(foldedMark)), norm.NFC), s)
 	if err != nil {
 		return s // the transformers do not fail on valid or invalid UTF-8; keep the text searchable as it is
 	}
 	return out
+}
+
+// foldedMark says whether r is dropped from search text: an accent of the Latin, Greek
+// and Cyrillic scripts (the combining diacritical blocks), a Hebrew or Arabic vowel point
+// (people search without them), or an invisible format character (soft hyphen, zero-width
+// space or joiner). Other marks are part of their letters and stay: the vowel signs of
+// Devanagari or Thai, the voicing mark of Japanese kana ("が" is not "か").
+func foldedMark(r rune) bool {
+	if unicode.Is(unicode.Cf, r) {
+		return true
+	}
+	if !unicode.Is(unicode.Mn, r) {
+		return false
+	}
+	switch {
+	case r >= 0x0300 && r <= 0x036F, r >= 0x1AB0 && r <= 0x1AFF, r >= 0x1DC0 && r <= 0x1DFF,
+		r >= 0x20D0 && r <= 0x20FF, r >= 0xFE20 && r <= 0xFE2F:
+		return true
+	case r >= 0x0591 && r <= 0x05C7: // Hebrew points
+		return true
+	case r >= 0x0610 && r <= 0x061A, r >= 0x064B && r <= 0x065F, r == 0x0670, r >= 0x06D6 && r <= 0x06ED: // Arabic marks
+		return true
+	}
+	return false
 }
 
 // foldLetter spells the lower-case Latin letters that carry their accent inside the letter
@@ -79,6 +108,9 @@ func foldAccents(s string) string {
 // "lodz", "Øresund" by "oresund", "Straße" by "strasse".
 func foldLetter(r rune) (string, bool) {
 	switch r {
+	case 'ς':
+		// Final sigma is σ at the end of a word; case folding makes them one letter.
+		return "σ", true
 	case 'ł':
 		return "l", true
 	case 'ø':

@@ -34,7 +34,11 @@ func TestSearchWords(t *testing.T) {
 		{"Café ÅNGSTRÖM İstanbul ΣΊΣΥΦΟΣ", []string{"cafe", "angstrom", "istanbul", "σισυφοσ"}},
 		{"cafe\u0301 Zu\u0308rich naïve", []string{"cafe", "zurich", "naive"}}, // decomposed marks join their word
 		{"Łódź Øresund Straße ﬁnal ＣＡＦＥ Ærø", []string{"lodz", "oresund", "strasse", "final", "cafe", "aero"}},
-		{"한국어 ภาษาไทย", []string{"한국어", "ภาษาไทย"}}, // Hangul recomposes; Thai keeps its letters
+		{"ΟΔΟΣ οδος προς", []string{"οδοσ", "οδοσ", "προσ"}}, // final sigma folds
+		{"हाथी हम थे", []string{"हाथी", "हम", "थे"}},         // vowel signs stay in their word
+		{"Kaf\u00adfee ca\u200bfe", []string{"kaffee", "cafe"}},
+		{"がっこう かっこう مَرْحَبًا", []string{"がっこう", "かっこう", "مرحبا"}}, // kana keep their voicing, Arabic drops its vowel points // invisible characters vanish
+		{"한국어 ภาษาไทย", []string{"한국어", "ภาษาไทย"}},                // Hangul recomposes; Thai keeps its letters
 		{"東京の夜 emoji😀test", []string{"東京の夜", "emoji", "test"}},
 		{"don't", []string{"don", "t"}},
 		{long + " y", []string{long[:64], "y"}},
