@@ -41,12 +41,20 @@ func (s *Service) httpHandler() http.Handler {
 			s.writeError(w, r, fmt.Errorf("%w: query string: %w", ErrInvalid, err))
 			return
 		}
-		for _, k := range []string{"title", "filename", "description", "visibility"} {
-			if len(q[k]) > 1 {
-				// Which one was meant is a guess; the caller's script likely has a bug.
-				s.writeError(w, r, fmt.Errorf("%w: %s given %d times", ErrInvalid, k, len(q[k])))
+		for k, vs := range q {
+			if err := checkFieldName(k); err != nil {
+				s.writeError(w, r, err)
 				return
 			}
+			if len(vs) > 1 {
+				// Which one was meant is a guess; the caller's script likely has a bug.
+				s.writeError(w, r, fmt.Errorf("%w: %s given %d times", ErrInvalid, k, len(vs)))
+				return
+			}
+		}
+		if vs, ok := q["visibility"]; ok && vs[0] == "" {
+			s.writeError(w, r, fmt.Errorf("%w: visibility needs a value (public, unlisted or private)", ErrInvalid))
+			return
 		}
 		vis, err := parseVisibility(q.Get("visibility"))
 		if err != nil {

@@ -294,7 +294,12 @@ func (t *tusServer) preTerminate(hook handler.HookEvent) (handler.HTTPResponse, 
 // checkMetadataHeader refuses an Upload-Metadata header tusd would read only in part: tusd
 // drops a pair whose value is not base64, or that has more than one space, without a word,
 // and a dropped "visibility private" would make a video public.
+//
+// It also refuses what would be read otherwise than meant: a key given twice (tusd keeps
+// the last), a key of the platform's in another case ("VISIBILITY", which tusd would
+// ignore) and a visibility without a value (which would be public).
 func checkMetadataHeader(h string) error {
+	seen := map[string]bool{}
 	for pair := range strings.SplitSeq(h, ",") {
 		pair = strings.TrimSpace(pair)
 		if pair == "" {
@@ -306,6 +311,28 @@ func checkMetadataHeader(h string) error {
 		}
 		if _, err := base64.StdEncoding.DecodeString(value); hasValue && err != nil {
 			return fmt.Errorf("%w: Upload-Metadata %s: the value is not padded standard base64", ErrInvalid, key)
+		}
+		if seen[key] {
+			return fmt.Errorf("%w: Upload-Metadata %s is given more than once", ErrInvalid, key)
+		}
+		seen[key] = true
+		if err := checkFieldName(key); err != nil {
+			return fmt.Errorf("%w (Upload-Metadata)", err)
+		}
+		if key == "visibility" && value == "" {
+			return fmt.Errorf("%w: Upload-Metadata visibility needs a value (public, unlisted or private)", ErrInvalid)
+		}
+	}
+	return nil
+}
+
+// checkFieldName refuses a field of the platform's spelled in another case, which would
+// otherwise be ignored without a word ("Visibility" for "visibility").
+func checkFieldName(key string) error {
+	switch lower := strings.ToLower(key); lower {
+	case "title", "filename", "name", "description", "filetype", "visibility":
+		if key != lower {
+			return fmt.Errorf("%w: field %q must be spelled %q", ErrInvalid, key, lower)
 		}
 	}
 	return nil

@@ -185,6 +185,20 @@ func TestHTTPUpload(t *testing.T) {
 			wantCode:   "invalid_argument",
 		},
 		{
+			name:       "field in capitals",
+			rawQuery:   "title=a&Visibility=private",
+			body:       func(*testing.T) io.Reader { return bytes.NewReader(okBody) },
+			wantStatus: http.StatusBadRequest,
+			wantCode:   "invalid_argument",
+		},
+		{
+			name:       "empty visibility",
+			rawQuery:   "title=a&visibility=",
+			body:       func(*testing.T) io.Reader { return bytes.NewReader(okBody) },
+			wantStatus: http.StatusBadRequest,
+			wantCode:   "invalid_argument",
+		},
+		{
 			name:       "title twice",
 			rawQuery:   "title=a&title=b",
 			body:       func(*testing.T) io.Reader { return bytes.NewReader(okBody) },
