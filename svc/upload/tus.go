@@ -9,6 +9,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"net"
 	"net/http"
 	"os"
 	"path/filepath"
@@ -169,6 +170,13 @@ func (t *tusServer) serve(w http.ResponseWriter, r *http.Request) {
 		r.Method = m
 		r.Header.Del("X-HTTP-Method-Override")
 	}
+	if r.Host == "" {
+		// HTTP/1.0 without Host: tusd builds Locations from it; name the address the
+		// client reached rather than no host at all.
+		if a, ok := r.Context().Value(http.LocalAddrContextKey).(net.Addr); ok {
+			r.Host = a.String()
+		}
+	}
 	id := strings.Trim(r.URL.Path, "/")
 	if id != "" && !validID(id) {
 		t.writeError(w, r, fmt.Errorf("%w: %q is not an upload id", ErrNoUpload, truncate(id, 80)))
@@ -188,7 +196,7 @@ func (t *tusServer) serve(w http.ResponseWriter, r *http.Request) {
 				t.writeError(w, r, err)
 				return
 			}
-		} else if err := t.checkComplete(r, id); err != nil {
+		} else if err := t.checkComplete(w, r, id); err != nil {
 			t.writeError(w, r, err)
 			return
 		}
@@ -223,7 +231,7 @@ func (t *tusServer) serve(w http.ResponseWriter, r *http.Request) {
 // without a word; they are more than the upload needs (413, as for any body that runs
 // past its upload). An empty PATCH at the end still gets tusd's 204, which tells a client
 // that lost the last answer that the upload is done.
-func (t *tusServer) checkComplete(r *http.Request, id string) error {
+func (t *tusServer) checkComplete(w http.ResponseWriter, r *http.Request, id string) error {
 	if r.ContentLength == 0 {
 		return nil
 	}
@@ -234,6 +242,18 @@ func (t *tusServer) checkComplete(r *http.Request, id string) error {
 	info, err := up.GetInfo(r.Context())
 	if err != nil || info.SizeIsDeferred || info.Offset < info.Size || r.Header.Get("Upload-Offset") != strconv.FormatInt(info.Size, 10) {
 		return nil // tusd answers, a wrong offset with 409
+	}
+	if r.ContentLength < 0 {
+		// A body without a length may be empty: only a byte that arrives is too many.
+		rc := http.NewResponseController(w)
+		_ = rc.SetReadDeadline(time.Now().Add(t.s.cfg.IdleTimeout))
+		var one [1]byte
+		n, _ := io.ReadFull(r.Body, one[:])
+		_ = rc.SetReadDeadline(time.Time{})
+		if n == 0 {
+			r.Body = http.NoBody
+			return nil
+		}
 	}
 	return fmt.Errorf("%w: the upload has all its %d bytes already", ErrSizeExceeded, info.Size)
 }

@@ -341,6 +341,14 @@ func TestTusResumeAfterDrop(t *testing.T) {
 	if res, body := c.patch(t, loc, len(data), []byte("extra!"), nil); res.StatusCode != http.StatusRequestEntityTooLarge || !strings.HasPrefix(body, "ERR_UPLOAD_SIZE_EXCEEDED") {
 		t.Errorf("PATCH with bytes past the end of a finished upload: %d %s, want 413", res.StatusCode, body)
 	}
+	// The same without a length: an empty body is still fine, bytes are not.
+	for body, want := range map[string]int{"0\r\n\r\n": http.StatusNoContent, "6\r\nextra!\r\n0\r\n\r\n": http.StatusRequestEntityTooLarge} {
+		res, answer := rawRequest(t, e.url, fmt.Sprintf("PATCH %s HTTP/1.1\r\nTus-Resumable: 1.0.0\r\nContent-Type: application/offset+octet-stream\r\n"+
+			"Upload-Offset: %d\r\nTransfer-Encoding: chunked\r\n", path, len(data)), []byte(body))
+		if res.StatusCode != want {
+			t.Errorf("chunked PATCH %q at the end of a finished upload: %d %s, want %d", body, res.StatusCode, answer, want)
+		}
+	}
 }
 
 func TestTusOffsetMismatch(t *testing.T) {
@@ -1053,5 +1061,26 @@ func TestTusCreationBodyBreaks(t *testing.T) {
 				t.Errorf("upload.failed = %v, want one saying the upload was aborted", ev)
 			}
 		})
+	}
+}
+
+// TestTusCreationWithoutHost creates an upload over HTTP/1.0 without a Host header: the
+// Location names the address the client reached, not an empty host.
+func TestTusCreationWithoutHost(t *testing.T) {
+	e := newEnv(t)
+	addr := strings.TrimPrefix(e.url, "http://")
+	conn, err := net.Dial("tcp", addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	fmt.Fprintf(conn, "POST %s HTTP/1.0\r\nTus-Resumable: 1.0.0\r\nUpload-Length: 10\r\nUpload-Metadata: %s\r\n\r\n", upload.TusPath, tusMeta("title", "No host"))
+	_ = conn.SetReadDeadline(time.Now().Add(10 * time.Second))
+	res, err := http.ReadResponse(bufio.NewReader(conn), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if loc := res.Header.Get("Location"); res.StatusCode != http.StatusCreated || !strings.HasPrefix(loc, e.url+upload.TusPath) {
+		t.Errorf("creation without Host: %d Location %q, want 201 under %s", res.StatusCode, loc, e.url+upload.TusPath)
 	}
 }
