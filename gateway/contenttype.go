@@ -83,6 +83,15 @@ func writeUnsupportedMediaType(w http.ResponseWriter, r *http.Request) {
 	writePlainError(w, http.StatusUnsupportedMediaType, "invalid_argument", msg)
 }
 
+// writeStreamingType answers a streaming method called with a Connect unary content type
+// (application/json, application/proto): 415 naming the types a stream takes.
+func writeStreamingType(w http.ResponseWriter, r *http.Request) {
+	const streaming = "application/connect+json, application/connect+proto, application/grpc, application/grpc-web"
+	w.Header().Set("Accept-Post", streaming)
+	writePlainError(w, http.StatusUnsupportedMediaType, "invalid_argument", fmt.Sprintf(
+		"%s is a streaming method: content type %q is for unary calls; use %s", r.URL.Path, r.Header.Get("Content-Type"), streaming))
+}
+
 // bareGRPCType drops the parameters (a charset) of a gRPC or gRPC-Web content type. The
 // services' handlers refuse any parameter on these types with a bodyless 415, which a
 // gRPC client reports as an unknown error; the types define none, so the bare type means

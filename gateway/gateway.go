@@ -309,6 +309,12 @@ func (g *Gateway) serve(w http.ResponseWriter, r *http.Request) {
 		c.route = "/" + protoService + "/unknown"
 		if m := g.methods[r.URL.Path]; m != nil {
 			c.route, c.idempotent, c.streamBody, unary = m.route, m.idempotent, m.clientStream, m.unary()
+			if !unary && c.wire == rpc.WireConnectUnary {
+				// The handler would answer a bodyless 415; say what a stream takes.
+				g.metrics.failed(c.route, rpc.WireHTTP, http.StatusUnsupportedMediaType, 0)
+				writeStreamingType(w, r)
+				return
+			}
 		}
 		c.unary = unary
 		c.instances = g.routes.ResolveProto(protoService)

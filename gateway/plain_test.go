@@ -597,3 +597,22 @@ func TestGatewayStalledStreamRequest(t *testing.T) {
 		})
 	}
 }
+
+// TestGatewayStreamingMethodWithUnaryType calls a server-streaming method with Connect's
+// unary content types: the gateway says which types a stream takes (the handler would
+// send a bodyless 415).
+func TestGatewayStreamingMethodWithUnaryType(t *testing.T) {
+	f := setupKnowing(t, 1, gateway.Options{}, transcoderv1connect.TranscoderServiceName)
+	for _, ct := range []string{"application/json", "application/proto", "application/json; charset=utf-8"} {
+		resp, err := http.Post(f.gateway+transcoderv1connect.TranscoderServiceWatchTranscodeProcedure, ct, strings.NewReader("{}"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		body, _ := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		if resp.StatusCode != http.StatusUnsupportedMediaType || !strings.Contains(string(body), "application/connect+json") ||
+			resp.Header.Get("Content-Type") != "application/json" {
+			t.Errorf("%s: %d %s %q, want a JSON 415 naming application/connect+json", ct, resp.StatusCode, resp.Header.Get("Content-Type"), body)
+		}
+	}
+}

@@ -405,7 +405,7 @@ func readSmall(body io.Reader, length int64) (buf []byte, complete bool, err err
 	if length >= 0 {
 		buf = make([]byte, length, length+1)
 		if _, err := io.ReadFull(body, buf); err != nil {
-			return nil, false, fmt.Errorf("read request body: %w", err)
+			return nil, false, err
 		}
 		// The declared length must also be the end.
 		var one [1]byte
@@ -414,14 +414,14 @@ func readSmall(body io.Reader, length int64) (buf []byte, complete bool, err err
 			return append(buf, one[0]), false, nil
 		}
 		if err != nil && !errors.Is(err, io.EOF) {
-			return nil, false, fmt.Errorf("read request body: %w", err)
+			return nil, false, err
 		}
 		return buf, true, nil
 	}
 	b := bytes.NewBuffer(make([]byte, 0, 512))
 	n, err := b.ReadFrom(io.LimitReader(body, maxReplayBytes+1))
 	if err != nil {
-		return nil, false, fmt.Errorf("read request body: %w", err)
+		return nil, false, err
 	}
 	return b.Bytes(), n <= maxReplayBytes, nil
 }
