@@ -34,7 +34,7 @@ func Open(ctx context.Context, path string, migrations []string) (*sql.DB, error
 	if err != nil {
 		return nil, fmt.Errorf("%w: %s: %w", ErrOpen, path, err)
 	}
-	if err := db.PingContext(ctx); err != nil {
+	if err := ping(ctx, db); err != nil {
 		_ = db.Close()
 		return nil, fmt.Errorf("%w: %s: %w", ErrOpen, path, err)
 	}
@@ -44,6 +44,28 @@ func Open(ctx context.Context, path string, migrations []string) (*sql.DB, error
 	}
 	return db, nil
 }
+
+// ping opens the first connection, which switches a new file to WAL. Two processes (or
+// goroutines) doing that to one new file at once can get SQLITE_BUSY without the busy
+// timeout being waited out, so a busy first connection is tried again for a while.
+func ping(ctx context.Context, db *sql.DB) error {
+	deadline := time.Now().Add(10 * time.Second)
+	for wait := 10 * time.Millisecond; ; wait = min(2*wait, 500*time.Millisecond) {
+		err := db.PingContext(ctx)
+		var coded interface{ Code() int }
+		if err == nil || !errors.As(err, &coded) || coded.Code()&0xff != sqliteBusy || time.Now().After(deadline) {
+			return err
+		}
+		select {
+		case <-ctx.Done():
+			return err
+		case <-time.After(wait):
+		}
+	}
+}
+
+// sqliteBusy is SQLITE_BUSY, the primary result code of a lock another connection holds.
+const sqliteBusy = 5
 
 // Migrate applies the steps db has not recorded in schema_migrations, in one transaction:
 // a second process opening the same file waits for the lock and then finds nothing to do.

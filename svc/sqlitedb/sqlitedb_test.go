@@ -3,7 +3,9 @@ package sqlitedb_test
 import (
 	"context"
 	"errors"
+	"fmt"
 	"path/filepath"
+	"sync"
 	"testing"
 
 	"github.com/reelway/reelway/svc/sqlitedb"
@@ -52,4 +54,26 @@ func TestMigrationsApplyOnceAndInOrder(t *testing.T) {
 		t.Fatalf("file unusable after a failed migration: %v", err)
 	}
 	db.Close()
+}
+
+// TestConcurrentOpenOfNewFile opens one new file from several goroutines at once, many
+// times: each open migrates or finds the work done, and none fails with SQLITE_BUSY (the
+// switch of a new file to WAL does not wait out the busy timeout by itself).
+func TestConcurrentOpenOfNewFile(t *testing.T) {
+	steps := []string{`CREATE TABLE t (id INTEGER PRIMARY KEY)`, `ALTER TABLE t ADD COLUMN name TEXT`}
+	for round := range 30 {
+		path := filepath.Join(t.TempDir(), fmt.Sprintf("round%d.db", round))
+		var wg sync.WaitGroup
+		for range 6 {
+			wg.Go(func() {
+				db, err := sqlitedb.Open(t.Context(), path, steps)
+				if err != nil {
+					t.Errorf("round %d: %v", round, err)
+					return
+				}
+				_ = db.Close()
+			})
+		}
+		wg.Wait()
+	}
 }
