@@ -88,8 +88,12 @@ func writeUnsupportedMediaType(w http.ResponseWriter, r *http.Request) {
 func writeStreamingType(w http.ResponseWriter, r *http.Request) {
 	const streaming = "application/connect+json, application/connect+proto, application/grpc, application/grpc-web"
 	w.Header().Set("Accept-Post", streaming)
+	what := fmt.Sprintf("content type %q is", r.Header.Get("Content-Type"))
+	if r.Method == http.MethodGet {
+		what = "Connect GET is"
+	}
 	writePlainError(w, http.StatusUnsupportedMediaType, "invalid_argument", fmt.Sprintf(
-		"%s is a streaming method: content type %q is for unary calls; use %s", r.URL.Path, r.Header.Get("Content-Type"), streaming))
+		"%s is a streaming method: %s for unary calls; POST with %s", r.URL.Path, what, streaming))
 }
 
 // bareGRPCType drops the parameters (a charset) of a gRPC or gRPC-Web content type. The

@@ -82,6 +82,10 @@ func postgresMigrations() []string {
 		// 3: search also folds ligatures, full-width forms and letters such as ł, ø, ß
 		// (SearchWords): every row is indexed again, as for 2.
 		`UPDATE videos SET search_text = NULL;`,
+
+		// 4: search keeps Indic vowel signs and kana voicing in their words, folds final
+		// sigma and drops invisible characters (SearchWords): indexed again, as for 2.
+		`UPDATE videos SET search_text = NULL;`,
 	}
 }
 

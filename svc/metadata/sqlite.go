@@ -122,6 +122,10 @@ func sqliteMigrations() []string {
 		// 4: search also folds ligatures, full-width forms and letters such as ł, ø, ß
 		// (SearchWords): every row is indexed again, as for 3.
 		`UPDATE videos SET search_text = NULL WHERE search_text IS NOT NULL;`,
+
+		// 5: search keeps Indic vowel signs and kana voicing in their words, folds final
+		// sigma and drops invisible characters (SearchWords): indexed again, as for 3.
+		`UPDATE videos SET search_text = NULL WHERE search_text IS NOT NULL;`,
 	}
 }
 

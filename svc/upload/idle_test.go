@@ -234,3 +234,20 @@ func sha1Base64(b []byte) string {
 	h := sha1.Sum(b)
 	return base64.StdEncoding.EncodeToString(h[:])
 }
+
+// TestStalledPatchToCompleteUpload announces a chunk to an upload that is already complete,
+// then sends nothing: 408 after the idle timeout, not a 204 that would drop the chunk.
+func TestStalledPatchToCompleteUpload(t *testing.T) {
+	e := newEnv(t)
+	base := e.startUpload(t, upload.Config{IdleTimeout: testIdle}, e.bus, e.meta)
+	c := &tusClient{base: base, c: e.h2c}
+	loc := c.mustCreate(t, 10, "Complete")
+	if res, body := c.patch(t, loc, 0, randomBytes(t, 10), nil); res.StatusCode != http.StatusNoContent {
+		t.Fatalf("PATCH: %d %s", res.StatusCode, body)
+	}
+	res, answer := rawRequest(t, base, fmt.Sprintf("PATCH %s%s HTTP/1.1\r\nTus-Resumable: 1.0.0\r\nContent-Type: application/offset+octet-stream\r\n"+
+		"Upload-Offset: 10\r\nTransfer-Encoding: chunked\r\n", upload.TusPath, idOf(t, loc)), []byte("3\r\n"))
+	if res.StatusCode != http.StatusRequestTimeout {
+		t.Errorf("stalled chunk to a complete upload: %d %q, want 408", res.StatusCode, answer)
+	}
+}

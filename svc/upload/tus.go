@@ -16,6 +16,7 @@ import (
 	"strconv"
 	"strings"
 	"time"
+	"unicode"
 	"unicode/utf8"
 
 	"connectrpc.com/connect"
@@ -248,11 +249,18 @@ func (t *tusServer) checkComplete(w http.ResponseWriter, r *http.Request, id str
 		rc := http.NewResponseController(w)
 		_ = rc.SetReadDeadline(time.Now().Add(t.s.cfg.IdleTimeout))
 		var one [1]byte
-		n, _ := io.ReadFull(r.Body, one[:])
+		n, err := io.ReadFull(r.Body, one[:])
 		_ = rc.SetReadDeadline(time.Time{})
-		if n == 0 {
+		switch {
+		case n == 0 && err == io.EOF:
 			r.Body = http.NoBody
 			return nil
+		case n == 0:
+			// Stalled (perhaps after announcing a chunk) or broken: not an empty body.
+			if timedOut(err) {
+				return idleError(t.s.cfg.IdleTimeout)
+			}
+			return fmt.Errorf("%w: %w", ErrRead, err)
 		}
 	}
 	return fmt.Errorf("%w: the upload has all its %d bytes already", ErrSizeExceeded, info.Size)
@@ -326,8 +334,8 @@ func checkMetadataHeader(h string) error {
 			continue
 		}
 		key, value, hasValue := strings.Cut(pair, " ")
-		if strings.Contains(value, " ") {
-			return fmt.Errorf("%w: Upload-Metadata %q: want \"key <base64 value>\"", ErrInvalid, key)
+		if strings.Contains(value, " ") || strings.ContainsFunc(key, func(r rune) bool { return unicode.IsSpace(r) || r == '=' }) {
+			return fmt.Errorf("%w: Upload-Metadata %q: want \"key <base64 value>\", one space between them", ErrInvalid, pair)
 		}
 		if _, err := base64.StdEncoding.DecodeString(value); hasValue && err != nil {
 			return fmt.Errorf("%w: Upload-Metadata %s: the value is not padded standard base64", ErrInvalid, key)
@@ -346,11 +354,13 @@ func checkMetadataHeader(h string) error {
 	return nil
 }
 
-// checkFieldName refuses a field of the platform's spelled in another case, which would
-// otherwise be ignored without a word ("Visibility" for "visibility").
+// checkFieldName refuses a key that looks like the title or the visibility but would be
+// ignored without a word ("Visibility", "visibility " with a space): the video would get
+// another title or, worse, be public. Other keys are free (clients add their own, in
+// their own case: fileName, relativePath).
 func checkFieldName(key string) error {
-	switch lower := strings.ToLower(key); lower {
-	case "title", "filename", "name", "description", "filetype", "visibility":
+	switch lower := strings.ToLower(strings.TrimSpace(key)); lower {
+	case "title", "visibility":
 		if key != lower {
 			return fmt.Errorf("%w: field %q must be spelled %q", ErrInvalid, key, lower)
 		}

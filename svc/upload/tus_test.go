@@ -607,6 +607,7 @@ func TestTusCreationRefusals(t *testing.T) {
 		{name: "visibility twice", size: 10, meta: tusMeta("title", "x", "visibility", "private", "visibility", "public"), status: http.StatusBadRequest, reason: "visibility"},
 		{name: "title twice", size: 10, meta: tusMeta("title", "x", "title", "y"), status: http.StatusBadRequest, reason: "title"},
 		{name: "visibility in capitals", size: 10, meta: tusMeta("title", "x", "VISIBILITY", "private"), status: http.StatusBadRequest, reason: "visibility"},
+		{name: "tab between key and value", size: 10, meta: tusMeta("title", "x") + ",visibility\tdW5saXN0ZWQ=", status: http.StatusBadRequest, reason: "visibility"},
 		{name: "visibility without a value", size: 10, meta: tusMeta("title", "x") + ",visibility", status: http.StatusBadRequest, reason: "visibility"},
 		{name: "pair with two spaces", size: 10, meta: tusMeta("title", "x") + ",visibility cHJpdmF0ZQ== x", status: http.StatusBadRequest, reason: "visibility"},
 		{name: "empty title", size: 10, meta: tusMeta("title", ""), status: http.StatusBadRequest, reason: "title"},
@@ -1082,5 +1083,21 @@ func TestTusCreationWithoutHost(t *testing.T) {
 	}
 	if loc := res.Header.Get("Location"); res.StatusCode != http.StatusCreated || !strings.HasPrefix(loc, e.url+upload.TusPath) {
 		t.Errorf("creation without Host: %d Location %q, want 201 under %s", res.StatusCode, loc, e.url+upload.TusPath)
+	}
+}
+
+// TestTusClientMetadataKeys creates uploads with the keys tus clients add of their own
+// (Uppy's name, type, relativePath; camelCase fileName from others): they are accepted.
+func TestTusClientMetadataKeys(t *testing.T) {
+	e := newEnv(t)
+	c := e.tusClients()["h2c"]
+	for _, meta := range []string{
+		tusMeta("title", "Uppy", "name", "a.mp4", "type", "video/mp4", "filetype", "video/mp4", "relativePath", "null", "filename", "a.mp4"),
+		tusMeta("title", "Camel", "fileName", "a.mp4", "fileType", "video/mp4"),
+		tusMeta("title", "Bare key") + ",relativePath",
+	} {
+		if res, body := c.create(t, 10, meta, nil, nil); res.StatusCode != http.StatusCreated {
+			t.Errorf("Upload-Metadata %q: %d %s, want 201", meta, res.StatusCode, body)
+		}
 	}
 }

@@ -192,6 +192,13 @@ func TestHTTPUpload(t *testing.T) {
 			wantCode:   "invalid_argument",
 		},
 		{
+			name:       "space in a field name",
+			rawQuery:   "title=a&visibility%20=unlisted",
+			body:       func(*testing.T) io.Reader { return bytes.NewReader(okBody) },
+			wantStatus: http.StatusBadRequest,
+			wantCode:   "invalid_argument",
+		},
+		{
 			name:       "empty visibility",
 			rawQuery:   "title=a&visibility=",
 			body:       func(*testing.T) io.Reader { return bytes.NewReader(okBody) },
