@@ -72,14 +72,7 @@ func (g *Gateway) forward(ctx context.Context, w http.ResponseWriter, r *http.Re
 	// URLs from (tus Locations), never what a caller claims. A caller's Forwarded header
 	// would override them in the backends that read it (tusd does), so it goes.
 	delete(h, "Forwarded")
-	host := r.Host
-	if host == "" {
-		// HTTP/1.0 without Host: the address the caller reached, not the backend's.
-		if a, ok := r.Context().Value(http.LocalAddrContextKey).(net.Addr); ok {
-			host = a.String()
-		}
-	}
-	h["X-Forwarded-Host"] = []string{host}
+	h["X-Forwarded-Host"] = []string{r.Host} // never empty: rpc's server fills in a missing Host
 	h["X-Forwarded-Proto"] = []string{"http"}
 	if _, ok := h["User-Agent"]; !ok {
 		h["User-Agent"] = []string{""} // no Go default User-Agent on the caller's behalf

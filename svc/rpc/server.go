@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"net"
 	"net/http"
 	"runtime/debug"
 	"slices"
@@ -235,11 +236,25 @@ func NewHTTPServer(h http.Handler, log *slog.Logger) *http.Server {
 	p.SetHTTP1(true)
 	p.SetUnencryptedHTTP2(true)
 	return &http.Server{
-		Handler:           h,
+		Handler:           withHost(h),
 		Protocols:         &p,
 		ReadHeaderTimeout: 10 * time.Second,
 		MaxHeaderBytes:    1 << 20,
 		IdleTimeout:       2 * time.Minute,
 		ErrorLog:          slog.NewLogLogger(log.Handler(), slog.LevelWarn),
 	}
+}
+
+// withHost gives a request that came without a Host (HTTP/1.0 allows it) the address the
+// client reached, so whatever builds URLs from the host (tus Locations, the gateway's
+// X-Forwarded-Host) names a reachable one rather than none.
+func withHost(h http.Handler) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.Host == "" {
+			if a, ok := r.Context().Value(http.LocalAddrContextKey).(net.Addr); ok {
+				r.Host = a.String()
+			}
+		}
+		h.ServeHTTP(w, r)
+	})
 }

@@ -9,7 +9,6 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"net"
 	"net/http"
 	"os"
 	"path/filepath"
@@ -170,13 +169,6 @@ func (t *tusServer) serve(w http.ResponseWriter, r *http.Request) {
 	if m := r.Header.Get("X-HTTP-Method-Override"); r.Method == http.MethodPost && m != "" {
 		r.Method = m
 		r.Header.Del("X-HTTP-Method-Override")
-	}
-	if r.Host == "" {
-		// HTTP/1.0 without Host: tusd builds Locations from it; name the address the
-		// client reached rather than no host at all.
-		if a, ok := r.Context().Value(http.LocalAddrContextKey).(net.Addr); ok {
-			r.Host = a.String()
-		}
 	}
 	id := strings.Trim(r.URL.Path, "/")
 	if id != "" && !validID(id) {

@@ -49,8 +49,8 @@ func checkCreationBody(r *http.Request) error {
 type boundedBodyKey struct{}
 
 // boundedBody is the body of a tus request whose length is not known up front (chunked,
-// or HTTP/2 without Content-Length), and of every creation-with-upload. The upload's store sets its limit, the bytes the
-// upload still needs, when it starts writing. The body then passes at most that many
+// or HTTP/2 without Content-Length), and of every creation-with-upload. The upload's store
+// sets its limit, the bytes the upload still needs, when it starts writing. The body then passes at most that many
 // bytes, and holds back the read that reaches the limit until it knows the body ends
 // there: a body longer than its upload fails (ErrSizeExceeded) before its last bytes are
 // stored, so its first bytes never complete the upload as if they were the whole file.
@@ -145,8 +145,8 @@ func requestBody(ctx context.Context) *boundedBody {
 
 // discardCreated removes an upload whose creation request failed in its body (too long,
 // stalled, cut off), with its video: tusd's error answer carries no Location, so no client
-// can resume or cancel it. The video is deleted first; if metadata cannot be reached, the upload is
-// left for the expiry loop, which fails the video later.
+// can resume or cancel it. The video is deleted first; if metadata cannot be reached, the
+// upload is left for the expiry loop, which fails the video later.
 func (t *tusServer) discardCreated(ctx context.Context, up handler.Upload, id string, reason error) {
 	fctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), tusStepTimeout)
 	defer cancel()
